@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
+PY := .venv/bin/python
+LOCK_PLATFORM := x86_64-unknown-linux-gnu
+WORKDIR ?= rlops-work
+
+.PHONY: setup demo test bench lock clean
+
+setup:
+	@bash setup_env.sh
+
+demo: setup
+	$(PY) -m rlops.cli demo --workdir $(WORKDIR)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/policy_quality.py
+
+lock:
+	for v in 3.9 3.10; do \
+	  uv pip compile --quiet --python-platform $(LOCK_PLATFORM) --python-version $$v setup.py --extra test \
+	    --custom-compile-command "make lock" -o requirements-py$$(echo $$v | tr -d .).lock; \
+	done
+
+clean:
+	rm -rf $(WORKDIR) .pytest_cache

@@ -1,0 +1,159 @@
+"""The `rlops` command line."""
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import List, Optional
+
+from rlops import movielens
+from rlops.config import AGENT_NAMES, AgentConfig, Config, ConfigError, DataConfig, EnvironmentConfig
+
+
+def _quiet_tensorflow() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import warnings  # pylint: disable=import-outside-toplevel
+  warnings.filterwarnings("ignore", category=FutureWarning)
+  warnings.filterwarnings("ignore", category=SyntaxWarning)
+  warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+  defaults = Config()
+  parser.add_argument("--workdir", default=defaults.workdir, help="where outputs go (default: %(default)s)")
+  parser.add_argument("--data", default=None,
+                      help="ml-100k/ folder, its zip, or u.data (default: seeded generated ratings)")
+  parser.add_argument("--data-seed", type=int, default=defaults.data.seed)
+  parser.add_argument("--agent", default=defaults.agent.name, choices=AGENT_NAMES)
+  parser.add_argument("--alpha", type=float, default=None,
+                      help="LinUCB/LinTS exploration (default: 10 for linucb, 1 for lints)")
+  parser.add_argument("--epsilon", type=float, default=defaults.agent.epsilon,
+                      help="serving-policy exploration (default: %(default)s)")
+  parser.add_argument("--num-movies", type=int, default=defaults.environment.num_movies)
+  parser.add_argument("--rank-k", type=int, default=defaults.environment.rank_k)
+  parser.add_argument("--batch-size", type=int, default=defaults.environment.batch_size)
+  parser.add_argument("--seed", type=int, default=defaults.environment.seed)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+  """The validated `Config` of parsed arguments; raises ConfigError."""
+  return Config(
+      data=DataConfig(path=args.data, seed=args.data_seed),
+      environment=EnvironmentConfig(num_movies=args.num_movies, rank_k=args.rank_k,
+                                    batch_size=args.batch_size, seed=args.seed),
+      agent=AgentConfig(name=args.agent, alpha=args.alpha, epsilon=args.epsilon),
+      workdir=args.workdir,
+  ).validate()
+
+
+def _train(config: Config, samples: int) -> dict:
+  """Trains the configured agent online on the simulation; writes a report and a plot."""
+  _quiet_tensorflow()
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from rlops import agents, environment, plots, training  # pylint: disable=import-outside-toplevel
+  model = environment.MovieLensModel.from_config(config)
+  env = environment.MovieLensEnvironment(model, batch_size=config.environment.batch_size,
+                                         seed=config.environment.seed)
+  agent = agents.create_agent(config.agent, env.time_step_spec(), env.action_spec())
+  curve = training.train_online(agent, env, samples, agents.exploring_action_fn(agent, config.agent),
+                                progress=True)
+  everyone = np.arange(model.num_users)
+  report = {
+      "agent": config.agent.name,
+      "num_movies": model.num_movies,
+      "rank_k": model.rank_k,
+      "users": model.num_users,
+      "reconstruction_rmse": model.reconstruction_rmse,
+      "online": curve.summary(),
+      "greedy": training.evaluate_policy(agents.greedy_policy(agent), model, everyone),
+      "serving": training.evaluate_policy(agents.serving_policy(agent, config.agent.epsilon),
+                                          model, everyone),
+  }
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "train_report.json").write_text(json.dumps(report, indent=2))
+  plots.learning_curves({config.agent.name: curve}, workdir / "train_regret.png",
+                        title=f"{model.num_movies} movies, rank {model.rank_k}")
+  return report
+
+
+def _print_train_report(report: dict, workdir: str) -> None:
+  online, greedy, serving = report["online"], report["greedy"], report["serving"]
+  print(f"\n{report['agent']} on {report['users']} users x {report['num_movies']} movies, "
+        f"rank {report['rank_k']} (reconstruction RMSE {report['reconstruction_rmse']:.3f})")
+  print(f"  online:  {online['samples']} samples, {online['samples_per_second']:.0f} samples/s, "
+        f"mean reward {online['mean_reward']:.3f}, regret over the last 10% {online['final_regret']:.3f}")
+  print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, regret {greedy['regret']:.3f}, "
+        f"optimal action {greedy['optimal_action_share']:.1%}")
+  print(f"  serving policy (epsilon-greedy):  reward {serving['reward']:.3f}, "
+        f"regret {serving['regret']:.3f}")
+  print(f"  report: {workdir}/train_report.json, plot: {workdir}/train_regret.png")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+  if args.samples < 1:
+    raise ConfigError(f"--samples must be positive, got {args.samples}")
+  config = config_from_args(args)
+  _print_train_report(_train(config, args.samples), config.workdir)
+  return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+  if args.data_command == "generate":
+    ratings = movielens.generate_ratings(seed=args.seed)
+    output = pathlib.Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(ratings.to_udata())
+    print(f"wrote {len(ratings)} ratings to {output}")
+  elif args.data_command == "download":
+    path = movielens.download_movielens(args.dest, url=args.url)
+    print(f"downloaded {len(movielens.load_ratings(path))} ratings to {path}")
+  else:
+    ratings = movielens.load_ratings(args.path)
+    print(json.dumps(movielens.describe(ratings), indent=2))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="rlops", description="Contextual-bandit movie recommender with a closed MLOps loop.")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  demo = commands.add_parser("demo", help="run the main job on embedded defaults")
+  _add_config_arguments(demo)
+  demo.add_argument("--samples", type=int, default=20_000)
+  demo.set_defaults(handler=_cmd_train)
+
+  train = commands.add_parser("train", help="train an agent online on the MovieLens simulation")
+  _add_config_arguments(train)
+  train.add_argument("--samples", type=int, default=20_000)
+  train.set_defaults(handler=_cmd_train)
+
+  data = commands.add_parser("data", help="MovieLens data: generate, download, describe")
+  data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+  generate = data_commands.add_parser("generate", help="write seeded MovieLens-100K-shaped u.data")
+  generate.add_argument("--seed", type=int, default=0)
+  generate.add_argument("--output", default="rlops-work/data/u.data")
+  download = data_commands.add_parser("download", help="download and extract the MovieLens zip")
+  download.add_argument("--url", default=movielens.DEFAULT_URL, help="zip URL (default: %(default)s)")
+  download.add_argument("--dest", default="rlops-work/data")
+  describe = data_commands.add_parser("describe", help="statistics of a ratings file")
+  describe.add_argument("path")
+  data.set_defaults(handler=_cmd_data)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.handler(args)
+  except ConfigError as error:
+    print(f"rlops: configuration error: {error}", file=sys.stderr)
+    return 2
+  except movielens.DataError as error:
+    print(f"rlops: error: {error}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,117 @@
+"""Typed configuration: the one source of truth, validated before any work starts."""
+import dataclasses
+import os
+from typing import Optional, Tuple
+
+AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; raised before any work starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the ratings come from.
+
+  Attributes:
+    path: An `ml-100k/` folder, its zip, or a `u.data` file. None: the seeded
+      MovieLens-100K-shaped generator.
+    seed: Seed of the generated ratings (ignored when `path` is set).
+  """
+  path: Optional[str] = None
+  seed: int = 0
+
+  def validate(self) -> None:
+    if self.path is not None and not os.access(self.path, os.R_OK):
+      raise ConfigError(f"data path {self.path!r} does not exist or is not readable")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentConfig:
+  """The MovieLens contextual bandit: K = num_movies arms, contexts of size rank_k."""
+  num_movies: int = 20
+  rank_k: int = 20
+  batch_size: int = 8
+  seed: int = 0
+
+  def validate(self) -> None:
+    if self.num_movies < 2:
+      raise ConfigError(f"num_movies must be at least 2, got {self.num_movies}")
+    if not 1 <= self.rank_k <= self.num_movies:
+      raise ConfigError(
+          f"rank_k must be between 1 and num_movies ({self.num_movies}), got {self.rank_k}")
+    if self.batch_size < 1:
+      raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+  """The TF-Agents bandit agent and the exploration of its serving policy.
+
+  Attributes:
+    name: One of AGENT_NAMES.
+    alpha: Exploration weight of LinUCB's bonus and LinTS's posterior scale;
+      None: 10 for LinUCB, 1 for LinTS (TF-Agents' MovieLens example).
+    tikhonov_weight: Ridge regularisation of the linear agents.
+    epsilon: Exploration of the serving policy (and of the neural agent): the
+      greedy arm has propensity 1 - epsilon + epsilon / K, every other arm
+      epsilon / K.
+    hidden_units: Layers of the neural agent's reward network.
+    learning_rate: Adam learning rate of the neural agent.
+  """
+  name: str = "linucb"
+  alpha: Optional[float] = None
+  tikhonov_weight: float = 0.001
+  epsilon: float = 0.05
+  hidden_units: Tuple[int, ...] = (50, 50, 50)
+  learning_rate: float = 0.005
+
+  @property
+  def effective_alpha(self) -> float:
+    if self.alpha is not None:
+      return self.alpha
+    return 1.0 if self.name == "lints" else 10.0
+
+  @property
+  def is_linear(self) -> bool:
+    return self.name in ("linucb", "lints")
+
+  def validate(self) -> None:
+    if self.name not in AGENT_NAMES:
+      raise ConfigError(f"unknown agent {self.name!r}; choose one of {', '.join(AGENT_NAMES)}")
+    if self.alpha is not None and self.alpha < 0:
+      raise ConfigError(f"alpha must be non-negative, got {self.alpha}")
+    if self.tikhonov_weight <= 0:
+      raise ConfigError(f"tikhonov_weight must be positive, got {self.tikhonov_weight}")
+    if not 0.0 <= self.epsilon <= 1.0:
+      raise ConfigError(f"epsilon must be in [0, 1], got {self.epsilon}")
+    if not self.hidden_units or min(self.hidden_units) < 1:
+      raise ConfigError(f"hidden_units must be positive sizes, got {self.hidden_units}")
+    if self.learning_rate <= 0:
+      raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a run needs; `validate()` is called by every entry point first."""
+  data: DataConfig = DataConfig()
+  environment: EnvironmentConfig = EnvironmentConfig()
+  agent: AgentConfig = AgentConfig()
+  workdir: str = "rlops-work"
+
+  def validate(self) -> "Config":
+    self.data.validate()
+    self.environment.validate()
+    self.agent.validate()
+    return self
+
+  def replace(self, **sections) -> "Config":
+    """A copy with some fields of some sections replaced: replace(agent={"name": "lints"})."""
+    changes = {}
+    for section, fields in sections.items():
+      if isinstance(fields, dict):
+        changes[section] = dataclasses.replace(getattr(self, section), **fields)
+      else:
+        changes[section] = fields
+    return dataclasses.replace(self, **changes)

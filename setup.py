@@ -1,0 +1,30 @@
+"""rlops: a closed-loop, reinforcement-learning MLOps pipeline on TFX and TF-Agents."""
+from setuptools import find_packages, setup
+
+# Direct dependencies, pinned. requirements-py3*.lock pins the whole tree (`make lock`).
+INSTALL_REQUIRES = [
+    "tfx[kfp]==1.15.1",
+    "tf-agents==0.19.0",
+    "tensorflow==2.15.1",
+    "tensorflow-probability==0.23.0",
+    "apache-beam[gcp]==2.59.0",
+    "numpy==1.26.4",
+    "fastapi==0.103.2",
+    "uvicorn==0.30.6",
+    "functions-framework==3.8.3",
+    "httpx==0.27.2",
+    "matplotlib==3.9.2",
+    "tqdm==4.67.1",
+]
+TEST_REQUIRES = ["pytest==8.3.3", "pytest-xdist==3.6.1"]
+
+setup(
+    name="rlops",
+    version="0.1.0",
+    description="Contextual-bandit movie recommender with a closed MLOps loop on TFX and TF-Agents",
+    python_requires=">=3.9,<3.11",
+    packages=find_packages(include=["rlops*", "tfx_pipeline*", "custom_components*", "functions*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["rlops=rlops.cli:main"]},
+)
