@@ -65,6 +65,7 @@ SRC
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.9 python3.9-dev >/dev/null
   local debs
   debs=$(mktemp -d)
+  chmod 755 "$debs"  # apt's download sandbox user must be able to write there
   (cd "$debs" && apt-get download -qq python3-distutils/bullseye python3-lib2to3/bullseye)
   for deb in "$debs"/*.deb; do dpkg -x "$deb" "$debs/root"; done
   cp -r "$debs/root/usr/lib/python3.9/." /usr/lib/python3.9/
