@@ -82,8 +82,8 @@ find_uv() {
   echo "$TOOLS/bin/uv"
 }
 
-stamp_of() {  # what the environment was built from: lock, package metadata and interpreter
-  cat "$1" setup.py | sha256sum | cut -c1-16
+stamp_of() {  # what the environment was built from: lock, package metadata, top-level packages
+  { cat "$1" setup.py; ls -d -- */__init__.py; } | sha256sum | cut -c1-16
 }
 
 if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.rlops-stamp" ]; then

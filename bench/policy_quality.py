@@ -16,9 +16,12 @@ import json
 import os
 import pathlib
 import time
+import warnings
 from typing import Dict, List, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Autograph's code generated from TF-Agents' policies compares with literals.
+warnings.filterwarnings("ignore", category=SyntaxWarning)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
@@ -50,7 +53,7 @@ REFERENCE_TIKHONOV_WEIGHT = 0.001
 LOGGED_BATCH_SIZE = 4096
 LOGGED_SAMPLES = 200_000
 EAGER_MAX_SAMPLES = 2_000
-EAGER_MAX_SECONDS = 60.0
+EAGER_MAX_SECONDS = 30.0
 THROUGHPUT_TARGET = 50_000
 THROUGHPUT_TARGET_MOVIES = 20
 
@@ -241,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   args = build_parser().parse_args(argv)
+  # The reference reads its replay buffer with the deprecated gather_all: the
+  # dataset per loop of TF-Agents' trainer.py gives the same data 3x slower.
+  tf.get_logger().addFilter(lambda record: "gather_all" not in record.getMessage())
   if args.samples < STEPS_PER_LOOP * BATCH_SIZE:
     raise SystemExit(f"--samples must be at least {STEPS_PER_LOOP * BATCH_SIZE}")
   ratings = (movielens.load_ratings(args.data) if args.data

@@ -4,10 +4,12 @@ import json
 import os
 import pathlib
 import sys
+import time
 from typing import List, Optional
 
 from rlops import movielens
-from rlops.config import AGENT_NAMES, AgentConfig, Config, ConfigError, DataConfig, EnvironmentConfig
+from rlops.config import (AGENT_NAMES, AgentConfig, Config, ConfigError, DataConfig,
+                          EnvironmentConfig, PipelineConfig)
 
 
 def _quiet_tensorflow() -> None:
@@ -33,6 +35,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--rank-k", type=int, default=defaults.environment.rank_k)
   parser.add_argument("--batch-size", type=int, default=defaults.environment.batch_size)
   parser.add_argument("--seed", type=int, default=defaults.environment.seed)
+  parser.add_argument("--samples", type=int, default=defaults.pipeline.samples,
+                      help="samples to simulate or generate (default: %(default)s)")
+  parser.add_argument("--gate-tolerance", type=float, default=defaults.pipeline.gate_tolerance)
+  parser.add_argument("--no-warm-start", action="store_true",
+                      help="retrain from scratch instead of from the latest blessed model")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -42,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
       environment=EnvironmentConfig(num_movies=args.num_movies, rank_k=args.rank_k,
                                     batch_size=args.batch_size, seed=args.seed),
       agent=AgentConfig(name=args.agent, alpha=args.alpha, epsilon=args.epsilon),
+      pipeline=PipelineConfig(samples=args.samples, gate_tolerance=args.gate_tolerance,
+                              warm_start=not args.no_warm_start),
       workdir=args.workdir,
   ).validate()
 
@@ -91,10 +100,105 @@ def _print_train_report(report: dict, workdir: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-  if args.samples < 1:
-    raise ConfigError(f"--samples must be positive, got {args.samples}")
   config = config_from_args(args)
-  _print_train_report(_train(config, args.samples), config.workdir)
+  _print_train_report(_train(config, config.pipeline.samples), config.workdir)
+  return 0
+
+
+def _print_run(result: dict) -> None:
+  window = result["window"]
+  print(f"\n{result['mode']} pipeline, span {window['span']}: records logged in "
+        f"[{window['begin']:.0f}, {window['end']:.0f})")
+  if not result["trained"]:
+    print(f"  nothing trained: {result['reason']}")
+    return
+  evaluation = result["evaluation"]
+  candidate, baseline = evaluation["candidate"], evaluation["baseline"]
+  warm = result.get("warm_started_from") or "nothing (from scratch)"
+  print(f"  trained: {result['agent']} model {result['model_id']} on {result['samples']} records, "
+        f"warm-started from {warm}")
+  print(f"  estimates on {evaluation['eval_records']} held-out records (95% bootstrap intervals):")
+  for metric in ("ips", "snips", "dr"):
+    value = candidate[metric]
+    print(f"    {metric:6s} {value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+          f"   baseline {baseline[metric]['value']:.3f}")
+  print(f"    oracle {candidate['oracle']['value']:.3f} (regret {candidate['oracle_regret']:.3f})"
+        f"   baseline {baseline['oracle']['value']:.3f}")
+  print(f"  gate against the {evaluation['baseline_name']}: "
+        f"{'BLESSED' if result['blessed'] else 'NOT BLESSED'} ({'; '.join(evaluation['reasons'])})")
+  print(f"  pushed to: {result['pushed_destination']}" if result.get("pushed") else "  not pushed")
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  _quiet_tensorflow()
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  _print_run(local_runner.run(config, args.mode))
+  return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+  """Startup pipeline, then served traffic logged to the warehouse, then a retraining."""
+  config = config_from_args(args)
+  if args.requests < 1:
+    raise ConfigError(f"--requests must be positive, got {args.requests}")
+  _quiet_tensorflow()
+  from rlops import environment, traffic  # pylint: disable=import-outside-toplevel
+  from rlops import warehouse as warehouse_lib  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  runs = [local_runner.run(config, "startup")]
+  _print_run(runs[-1])
+  paths = local_runner.LocalPaths(config.workdir)
+  warehouse = warehouse_lib.Warehouse(paths.warehouse)
+  try:
+    served = traffic.log_policy_traffic(environment.MovieLensModel.from_config(config),
+                                        paths.serving, warehouse, args.requests,
+                                        seed=config.environment.seed)
+  finally:
+    warehouse.close()
+  print(f"\nserved {served['requests']} requests with version {served['model_version']}: "
+        f"mean reward {served['mean_reward']:.3f}, regret {served['regret']:.3f}")
+  time.sleep(1)  # the served records' second must end before the next span does
+  runs.append(local_runner.run(config, "retrain"))
+  _print_run(runs[-1])
+  print("\ngate decisions:")
+  for result in runs:
+    decision = ("blessed" if result.get("blessed") else "not blessed") if result["trained"] else "not run"
+    print(f"  {result['mode']:8s} span {result['window']['span']}: {decision}")
+  return 0
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+  _quiet_tensorflow()
+  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
+  path = local_runner.LocalPaths(args.workdir).metadata
+  if not os.path.exists(path):
+    raise ConfigError(f"no pipeline metadata at {path}: run `rlops pipeline startup` first")
+  store = metadata.connect(path)
+  if args.model == "latest":
+    model = metadata.latest_pushed_model(store)
+    if model is None:
+      raise ConfigError(f"no pushed model in {path}")
+  else:
+    found = store.get_artifacts_by_id([int(args.model)])
+    if not found:
+      raise ConfigError(f"no artifact {args.model} in {path}")
+    model = found[0]
+  chain = metadata.lineage(store, model)
+  for depth, link in enumerate(chain):
+    indent = "  " * depth
+    m, outcome = link["model"], link["outcome"]
+    print(f"{indent}model {m['id']} ({m.get('agent')}, {m.get('samples')} records) {m['uri']}")
+    print(f"{indent}  blessed: {outcome.get('blessed')}, pushed: {outcome.get('pushed_destination')}")
+    print(f"{indent}  trained on examples {link['examples']['id']} span {link['examples']['span']} "
+          f"{link['examples']['uri']}")
+    print(f"{indent}  pipeline run {link['pipeline_run']}")
+    if link["generator"]:
+      g = link["generator"]
+      print(f"{indent}  generator execution {g['execution_id']}: {g.get('record_count')} records "
+            f"by {g.get('logging_policy')} at {g.get('event_time')}")
+    if depth + 1 < len(chain):
+      print(f"{indent}  warm-started from:")
   return 0
 
 
@@ -119,15 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
       prog="rlops", description="Contextual-bandit movie recommender with a closed MLOps loop.")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  demo = commands.add_parser("demo", help="run the main job on embedded defaults")
+  demo = commands.add_parser("demo", help="run the main job on embedded defaults: startup "
+                              "pipeline, served traffic, retraining pipeline")
   _add_config_arguments(demo)
-  demo.add_argument("--samples", type=int, default=20_000)
-  demo.set_defaults(handler=_cmd_train)
+  demo.add_argument("--requests", type=int, default=5000,
+                    help="served requests logged before the retraining (default: %(default)s)")
+  demo.set_defaults(handler=_cmd_demo)
 
   train = commands.add_parser("train", help="train an agent online on the MovieLens simulation")
   _add_config_arguments(train)
-  train.add_argument("--samples", type=int, default=20_000)
   train.set_defaults(handler=_cmd_train)
+
+  pipeline = commands.add_parser("pipeline", help="run the TFX pipeline locally (LocalDagRunner)")
+  pipeline.add_argument("mode", choices=("startup", "retrain"))
+  _add_config_arguments(pipeline)
+  pipeline.set_defaults(handler=_cmd_pipeline)
+
+  lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
+  lineage.add_argument("--model", default="latest", help="'latest' pushed, or an artifact id")
+  lineage.add_argument("--workdir", default=Config().workdir)
+  lineage.set_defaults(handler=_cmd_lineage)
 
   data = commands.add_parser("data", help="MovieLens data: generate, download, describe")
   data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

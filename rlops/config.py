@@ -1,5 +1,6 @@
 """Typed configuration: the one source of truth, validated before any work starts."""
 import dataclasses
+import json
 import os
 from typing import Optional, Tuple
 
@@ -92,19 +93,79 @@ class AgentConfig:
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
 
 
+GATE_METRICS = ("dr", "snips", "ips", "oracle")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """The TFX pipelines: generation, training and the evaluation gate.
+
+  Attributes:
+    name: Pipeline name; startup and retraining runs share it, and so their lineage.
+    samples: Interactions the startup Generator logs with the uniform-random policy.
+    train_batch_size: Records per agent update in the Trainer.
+    epochs: Passes over the data for the neural agent (linear agents take one).
+    warm_start: Start from the latest blessed model's agent checkpoint.
+    gate_metrics: Value estimates on which a candidate must not be worse than the
+      current blessed model by more than `gate_tolerance` (reward units);
+      "oracle" is the true value in the simulation.
+    gate_tolerance: Allowed shortfall, in reward units.
+    bootstrap_samples: Bootstrap replicates for the estimates' intervals.
+  """
+  name: str = "rlops-movielens"
+  samples: int = 20_000
+  train_batch_size: int = 4096
+  epochs: int = 1
+  warm_start: bool = True
+  gate_metrics: Tuple[str, ...] = ("dr", "oracle")
+  gate_tolerance: float = 0.05
+  bootstrap_samples: int = 200
+
+  def validate(self) -> None:
+    if self.samples < 1:
+      raise ConfigError(f"samples must be positive, got {self.samples}")
+    if self.train_batch_size < 1 or self.epochs < 1:
+      raise ConfigError("train_batch_size and epochs must be positive")
+    unknown = set(self.gate_metrics) - set(GATE_METRICS)
+    if not self.gate_metrics or unknown:
+      raise ConfigError(f"gate_metrics must be among {', '.join(GATE_METRICS)}, got {self.gate_metrics}")
+    if self.gate_tolerance < 0:
+      raise ConfigError(f"gate_tolerance must be non-negative, got {self.gate_tolerance}")
+    if self.bootstrap_samples < 10:
+      raise ConfigError(f"bootstrap_samples must be at least 10, got {self.bootstrap_samples}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything a run needs; `validate()` is called by every entry point first."""
   data: DataConfig = DataConfig()
   environment: EnvironmentConfig = EnvironmentConfig()
   agent: AgentConfig = AgentConfig()
+  pipeline: PipelineConfig = PipelineConfig()
   workdir: str = "rlops-work"
 
   def validate(self) -> "Config":
     self.data.validate()
     self.environment.validate()
     self.agent.validate()
+    self.pipeline.validate()
+    if self.agent.is_linear and self.pipeline.epochs != 1:
+      raise ConfigError("linear agents train in one pass over the data: epochs must be 1")
     return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Config":
+    fields = json.loads(text)
+    fields["agent"]["hidden_units"] = tuple(fields["agent"]["hidden_units"])
+    fields["pipeline"]["gate_metrics"] = tuple(fields["pipeline"]["gate_metrics"])
+    return cls(data=DataConfig(**fields["data"]),
+               environment=EnvironmentConfig(**fields["environment"]),
+               agent=AgentConfig(**fields["agent"]),
+               pipeline=PipelineConfig(**fields["pipeline"]),
+               workdir=fields["workdir"])
 
   def replace(self, **sections) -> "Config":
     """A copy with some fields of some sections replaced: replace(agent={"name": "lints"})."""

@@ -1,0 +1,107 @@
+"""Evaluator executor."""
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import absl.logging
+import numpy as np
+from tfx import types
+from tfx.components.evaluator import constants
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+from tfx.utils import path_utils
+
+from custom_components import examples_io
+from rlops import environment
+from rlops import model_io
+from rlops import off_policy
+from rlops.config import Config
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _policy_report(directory: str, records: Dict[str, np.ndarray], model: environment.MovieLensModel,
+                   config: Config) -> Dict[str, Any]:
+  """Off-policy estimates on the logged records and the true value over all simulated users."""
+  policy = model_io.load_serving_policy(directory)
+  report = off_policy.estimate_policy_value(
+      model_io.probabilities(policy, records["observation"]), records["observation"], records["action"], records["propensity"],
+      records["reward"], num_actions=config.environment.num_movies,
+      bootstrap_samples=config.pipeline.bootstrap_samples, seed=config.environment.seed)
+  every_user = model_io.probabilities(policy, model.user_vectors)
+  report["oracle"] = {"value": off_policy.policy_value(every_user, model.approx_ratings)}
+  report["oracle_regret"] = float(model.optimal_rewards.mean()) - report["oracle"]["value"]
+  return report
+
+
+def _logging_policy_report(records: Dict[str, np.ndarray], model: environment.MovieLensModel) -> Dict[str, Any]:
+  """The baseline when nothing is blessed yet: the policy that logged the data.
+
+  Its on-policy value is the mean logged reward; the oracle value is taken for
+  a uniformly random policy, the Generator's logging policy.
+  """
+  logged = float(records["reward"].mean())
+  return {"dr": {"value": logged}, "snips": {"value": logged}, "ips": {"value": logged},
+          "oracle": {"value": float(model.approx_ratings.mean())}}
+
+
+def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], metrics, tolerance: float):
+  """(blessed, reasons): the candidate may trail the baseline by at most `tolerance` per metric."""
+  reasons = []
+  for metric in metrics:
+    shortfall = baseline[metric]["value"] - candidate[metric]["value"]
+    verdict = "worse" if shortfall > tolerance else "ok"
+    reasons.append(f"{metric}: candidate {candidate[metric]['value']:.4f} vs baseline "
+                   f"{baseline[metric]['value']:.4f} ({verdict})")
+  blessed = all(reason.endswith("(ok)") for reason in reasons)
+  return blessed, reasons
+
+
+class Executor(base_executor.BaseExecutor):
+  """Evaluates the candidate and its baseline on the eval split and writes the blessing."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    config = Config.from_json(exec_properties["config"])
+    examples = artifact_utils.get_single_instance(input_dict["examples"])
+    records = examples_io.read_split(examples, "eval", config.environment.rank_k)
+    simulation = environment.MovieLensModel.from_config(config)
+    candidate = artifact_utils.get_single_instance(input_dict["model"])
+    baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
+
+    candidate_report = _policy_report(path_utils.serving_model_path(candidate.uri), records,
+                                      simulation, config)
+    if baseline is not None:
+      baseline_report = _policy_report(path_utils.serving_model_path(baseline.uri), records,
+                                       simulation, config)
+      baseline_name = f"blessed model {baseline.id}"
+    else:
+      baseline_report = _logging_policy_report(records, simulation)
+      baseline_name = "logging policy"
+    blessed, reasons = gate(candidate_report, baseline_report, config.pipeline.gate_metrics,
+                            config.pipeline.gate_tolerance)
+
+    evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+    result = {"candidate": candidate_report, "baseline": baseline_report,
+              "baseline_name": baseline_name, "blessed": blessed, "reasons": reasons,
+              "span": examples.span, "eval_records": int(len(records["reward"]))}
+    io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
+                               json.dumps(result, indent=2, sort_keys=True))
+    evaluation.set_int_custom_property("blessed", int(blessed))
+    for metric in ("dr", "snips", "ips", "oracle"):
+      evaluation.set_float_custom_property(f"candidate_{metric}", candidate_report[metric]["value"])
+
+    blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+    io_utils.write_string_file(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME
+                                            if blessed else constants.NOT_BLESSED_FILE_NAME), "")
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                     constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, candidate.id)
+    if baseline is not None:
+      blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
+      blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, "; ".join(reasons))
+    absl.logging.info("gate: %s (%s)", "blessed" if blessed else "not blessed", "; ".join(reasons))

@@ -1,0 +1,100 @@
+"""Generator executor: a Beam pipeline over index ranges of the records to log."""
+from typing import Any, Dict, Iterator, List, Tuple
+
+import apache_beam as beam
+import numpy as np
+from tfx import types
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+
+from rlops import environment
+from rlops import warehouse as warehouse_lib
+from rlops.config import Config
+
+LOGGING_POLICY = "uniform-random"
+CHUNK_SIZE = 2000
+
+
+def request_id(prefix: str, index: int) -> str:
+  return f"{prefix}-{index:08d}"
+
+
+class _SimulateChunk(beam.DoFn):
+  """Turns an index range into prediction and feedback rows of the uniform-random policy."""
+
+  def __init__(self, config_json: str, event_time: float, prefix: str):
+    self._config_json = config_json
+    self._event_time = event_time
+    self._prefix = prefix
+    self._model = None
+    self._seed = None
+
+  def setup(self):
+    config = Config.from_json(self._config_json)
+    self._model = environment.MovieLensModel.from_config(config)
+    self._seed = config.environment.seed
+
+  def process(self, index_range: Tuple[int, int]) -> Iterator[Tuple[List[dict], List[dict]]]:
+    start, end = index_range
+    # One generator per chunk, keyed by its start: the same records whatever the worker.
+    rng = np.random.default_rng([self._seed, int(self._event_time), start])
+    model = self._model
+    users = rng.integers(0, model.num_users, size=end - start)
+    actions = rng.integers(0, model.num_movies, size=end - start)
+    observations = model.observe(users)
+    rewards = model.reward(users, actions)
+    propensity = 1.0 / model.num_movies
+    ids = [request_id(self._prefix, index) for index in range(start, end)]
+    predictions = [{
+        "request_id": rid, "event_time": self._event_time, "observation": observation.tolist(),
+        "action": int(action), "propensity": propensity, "model_version": LOGGING_POLICY,
+        "source": "generator"} for rid, observation, action in zip(ids, observations, actions)]
+    feedback = [{"request_id": rid, "event_time": self._event_time, "reward": float(reward)}
+                for rid, reward in zip(ids, rewards)]
+    yield predictions, feedback
+
+
+class _WriteToWarehouse(beam.DoFn):
+  """Writes each chunk in one transaction; re-delivered chunks are de-duplicated by request id."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._warehouse = None
+
+  def setup(self):
+    self._warehouse = warehouse_lib.Warehouse(self._path)
+
+  def process(self, chunk: Tuple[List[dict], List[dict]]) -> Iterator[int]:
+    predictions, feedback = chunk
+    self._warehouse.insert_predictions(predictions)
+    self._warehouse.insert_feedback(feedback)
+    yield len(predictions)
+
+  def teardown(self):
+    if self._warehouse is not None:
+      self._warehouse.close()
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+  """Logs `config.pipeline.samples` uniform-random interactions to the warehouse."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    config = Config.from_json(exec_properties["config"])
+    event_time = float(exec_properties["event_time"])
+    path = exec_properties["warehouse"]
+    prefix = f"gen-{int(event_time)}"
+    samples = config.pipeline.samples
+    ranges = [(start, min(start + CHUNK_SIZE, samples)) for start in range(0, samples, CHUNK_SIZE)]
+    with self._make_beam_pipeline() as pipeline:
+      _ = (pipeline
+           | "IndexRanges" >> beam.Create(ranges)
+           | "Simulate" >> beam.ParDo(_SimulateChunk(exec_properties["config"], event_time, prefix))
+           | "Write" >> beam.ParDo(_WriteToWarehouse(path)))
+    interactions = artifact_utils.get_single_instance(output_dict["interactions"])
+    interactions.record_count = samples
+    interactions.event_time = event_time
+    interactions.warehouse = path
+    interactions.set_string_custom_property("logging_policy", LOGGING_POLICY)
+    interactions.set_string_custom_property("request_id_prefix", prefix)

@@ -1,0 +1,1 @@
+"""Ingester: the local query-based ExampleGen on the SQLite warehouse (BigQueryExampleGen in production)."""

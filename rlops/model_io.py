@@ -1,0 +1,83 @@
+"""The trained-model directory: what the Trainer writes, the Pusher copies and servers load.
+
+    <model dir>/
+      rlops_model.json   agent config, dimensions, epsilon and training facts
+      checkpoint/        the agent's variables (warm start, fast serving)
+      policy/            TF-Agents PolicySaver SavedModel of the serving policy
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tf_agents.agents import tf_agent
+from tf_agents.policies import policy_saver
+from tf_agents.specs import tensor_spec
+from tf_agents.trajectories import time_step as ts
+
+from rlops import agents
+from rlops.config import AgentConfig
+
+METADATA_FILE = "rlops_model.json"
+CHECKPOINT_DIR = "checkpoint"
+POLICY_DIR = "policy"
+
+
+def specs(num_movies: int, rank_k: int) -> Tuple[ts.TimeStep, tensor_spec.BoundedTensorSpec]:
+  """Time-step and action specs of the MovieLens bandit (float32 contexts)."""
+  observation = tensor_spec.TensorSpec((rank_k,), tf.float32, name="observation")
+  reward = tensor_spec.TensorSpec((), tf.float32, name="reward")
+  action = tensor_spec.BoundedTensorSpec((), tf.int32, minimum=0, maximum=num_movies - 1,
+                                         name="action")
+  return ts.time_step_spec(observation, reward), action
+
+
+def new_agent(agent_config: AgentConfig, num_movies: int, rank_k: int) -> tf_agent.TFAgent:
+  time_step_spec, action_spec = specs(num_movies, rank_k)
+  return agents.create_agent(agent_config, time_step_spec, action_spec)
+
+
+def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, rank_k: int,
+         directory: str, facts: Dict[str, Any]) -> None:
+  """Writes the agent checkpoint, the serving policy SavedModel and the metadata."""
+  tf.io.gfile.makedirs(directory)
+  tf.train.Checkpoint(agent=agent).write(os.path.join(directory, CHECKPOINT_DIR, "agent"))
+  policy = agents.serving_policy(agent, agent_config.epsilon)
+  policy_saver.PolicySaver(policy, batch_size=None).save(os.path.join(directory, POLICY_DIR))
+  metadata = {"agent": dataclasses.asdict(agent_config), "num_movies": num_movies,
+              "rank_k": rank_k, "epsilon": agent_config.epsilon, **facts}
+  with tf.io.gfile.GFile(os.path.join(directory, METADATA_FILE), "w") as f:
+    f.write(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def read_metadata(directory: str) -> Dict[str, Any]:
+  with tf.io.gfile.GFile(os.path.join(directory, METADATA_FILE)) as f:
+    return json.loads(f.read())
+
+
+def agent_config_of(metadata: Dict[str, Any]) -> AgentConfig:
+  fields = dict(metadata["agent"])
+  fields["hidden_units"] = tuple(fields["hidden_units"])
+  return AgentConfig(**fields)
+
+
+def load_agent(directory: str) -> Tuple[tf_agent.TFAgent, Dict[str, Any]]:
+  """The agent saved in `directory`, with its variables restored, and its metadata."""
+  metadata = read_metadata(directory)
+  agent = new_agent(agent_config_of(metadata), metadata["num_movies"], metadata["rank_k"])
+  tf.train.Checkpoint(agent=agent).read(
+      os.path.join(directory, CHECKPOINT_DIR, "agent")).expect_partial()
+  return agent, metadata
+
+
+def load_serving_policy(directory: str) -> agents.ExactEpsilonGreedyPolicy:
+  """The serving policy saved in `directory`, rebuilt from its agent checkpoint."""
+  agent, metadata = load_agent(directory)
+  return agents.serving_policy(agent, metadata["epsilon"])
+
+
+def probabilities(policy: agents.ExactEpsilonGreedyPolicy, observations: np.ndarray) -> np.ndarray:
+  """[n, K] exact action probabilities of `policy` for the given contexts."""
+  return policy.probabilities(agents.restart(observations)).numpy()

@@ -1,0 +1,222 @@
+"""The local warehouse: prediction logs and their feedback in one SQLite file.
+
+The tables have the columns the BigQuery dataset has in production, so the
+training query is the same text on both (see `training_query`). Observations
+are JSON arrays of floats as text here and ARRAY<FLOAT64> in BigQuery;
+event times are Unix seconds. WAL mode lets serving write while pipelines read.
+"""
+import contextlib
+import json
+import math
+import numbers
+import os
+import pathlib
+import sqlite3
+import threading
+from typing import Any, Dict, Iterable, Mapping, Tuple
+
+import numpy as np
+
+PREDICTION_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
+                      "model_version", "source")
+FEEDBACK_COLUMNS = ("request_id", "event_time", "reward")
+# The columns `training_query` selects, in order.
+TRAINING_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
+                    "model_version", "reward")
+BUSY_TIMEOUT_SECONDS = 30.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS predictions (
+      request_id TEXT PRIMARY KEY NOT NULL,
+      event_time REAL NOT NULL,
+      observation TEXT NOT NULL,
+      action INTEGER NOT NULL,
+      propensity REAL NOT NULL,
+      model_version TEXT NOT NULL,
+      source TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS feedback (
+      request_id TEXT PRIMARY KEY NOT NULL,
+      event_time REAL NOT NULL,
+      reward REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS predictions_event_time ON predictions (event_time)",
+)
+
+
+def _literal(value: float) -> str:
+  """A float as an SQL literal both SQLite and BigQuery read back exactly."""
+  return repr(float(value))
+
+
+def training_query(begin: float, end: float, table_prefix: str = "") -> str:
+  """SQL selecting rewarded records with begin <= predictions.event_time < end.
+
+  The predictions joined with their feedback on request_id, ordered by
+  event_time and request_id. Same text for SQLite (table_prefix "") and
+  BigQuery (table_prefix "`project.dataset`."). The bounds are literals on
+  purpose: query-based ExampleGens have no input fingerprint, so with caching
+  the query must change when its data does. An infinite `end` drops the upper
+  bound.
+  """
+  if not math.isfinite(begin) or math.isnan(end) or end < begin:
+    raise ValueError(f"need a finite begin <= end, got [{begin}, {end})")
+  selected = ",\n  ".join(
+      f"{'f' if column == 'reward' else 'p'}.{column} AS {column}" for column in TRAINING_COLUMNS)
+  where = f"p.event_time >= {_literal(begin)}"
+  if math.isfinite(end):
+    where += f" AND p.event_time < {_literal(end)}"
+  return (f"SELECT\n  {selected}\n"
+          f"FROM {table_prefix}predictions AS p\n"
+          f"JOIN {table_prefix}feedback AS f ON f.request_id = p.request_id\n"
+          f"WHERE {where}\n"
+          "ORDER BY p.event_time, p.request_id")
+
+
+def _bad(row: Mapping[str, Any], problem: str) -> ValueError:
+  return ValueError(f"request_id {row.get('request_id')!r}: {problem}")
+
+
+def _finite(row: Mapping[str, Any], column: str) -> float:
+  value = row[column]
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise _bad(row, f"{column} must be a finite number, got {value!r}")
+  return float(value)
+
+
+def _text(row: Mapping[str, Any], column: str) -> str:
+  value = row[column]
+  if not isinstance(value, str) or not value:
+    raise _bad(row, f"{column} must be a non-empty string, got {value!r}")
+  return value
+
+
+def _observation_json(row: Mapping[str, Any]) -> str:
+  value = row["observation"]
+  if isinstance(value, np.ndarray) and value.ndim == 1:
+    value = value.tolist()
+  if not isinstance(value, (list, tuple)) or not value or not all(
+      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+    raise _bad(row, f"observation must be a non-empty list of finite numbers, got {value!r:.100}")
+  return json.dumps([float(x) for x in value])
+
+
+def _check_columns(row: Mapping[str, Any], columns: Iterable[str]) -> None:
+  if not isinstance(row, Mapping):
+    raise ValueError(f"a row must be a dict, got {row!r}")
+  missing = [column for column in columns if column not in row]
+  if missing:
+    raise _bad(row, f"missing column(s) {', '.join(missing)}")
+
+
+def _prediction_values(row: Mapping[str, Any]) -> tuple:
+  _check_columns(row, PREDICTION_COLUMNS)
+  action = row["action"]
+  if isinstance(action, bool) or not isinstance(action, numbers.Integral) or action < 0:
+    raise _bad(row, f"action must be a non-negative integer, got {action!r}")
+  propensity = _finite(row, "propensity")
+  if not 0.0 < propensity <= 1.0:
+    raise _bad(row, f"propensity must be in (0, 1], got {propensity!r}")
+  return (_text(row, "request_id"), _finite(row, "event_time"), _observation_json(row),
+          int(action), propensity, _text(row, "model_version"), _text(row, "source"))
+
+
+def _feedback_values(row: Mapping[str, Any]) -> tuple:
+  _check_columns(row, FEEDBACK_COLUMNS)
+  return (_text(row, "request_id"), _finite(row, "event_time"), _finite(row, "reward"))
+
+
+class Warehouse:
+  """The SQLite warehouse; safe to share between threads and processes.
+
+  One connection per instance, serialised by a lock; writers in other
+  processes wait up to BUSY_TIMEOUT_SECONDS for the write lock.
+  """
+
+  def __init__(self, path):
+    self._path = os.fspath(path)
+    pathlib.Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+    self._lock = threading.Lock()
+    # Autocommit mode: transactions are explicit, writes take the write lock up front.
+    self._connection = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_SECONDS,
+                                       isolation_level=None, check_same_thread=False)
+    mode = self._connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+      raise sqlite3.OperationalError(f"{self._path}: cannot switch to WAL mode (got {mode!r})")
+    self._connection.execute("PRAGMA synchronous=NORMAL")
+    with self._transaction() as connection:
+      for statement in _SCHEMA:
+        connection.execute(statement)
+
+  @property
+  def path(self) -> str:
+    return self._path
+
+  @contextlib.contextmanager
+  def _transaction(self):
+    """An immediate transaction: takes the write lock up front (waiting up to the busy timeout)."""
+    with self._lock:
+      self._connection.execute("BEGIN IMMEDIATE")
+      try:
+        yield self._connection
+      except BaseException:
+        self._connection.execute("ROLLBACK")
+        raise
+      self._connection.execute("COMMIT")
+
+  def _insert(self, table: str, columns: Tuple[str, ...], values: list) -> int:
+    if not values:
+      return 0
+    with self._transaction() as connection:
+      return connection.executemany(
+          f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
+          f"VALUES ({', '.join('?' * len(columns))})", values).rowcount
+
+  def insert_predictions(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Inserts prediction logs, ignoring request_ids already present; returns rows inserted.
+
+    Raises:
+      ValueError: A row is malformed; nothing of the batch is written.
+    """
+    return self._insert("predictions", PREDICTION_COLUMNS, [_prediction_values(row) for row in rows])
+
+  def insert_feedback(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Inserts rewards, ignoring request_ids already present; returns rows inserted.
+
+    Feedback may arrive before its prediction is logged: the join pairs them later.
+
+    Raises:
+      ValueError: A row is malformed; nothing of the batch is written.
+    """
+    return self._insert("feedback", FEEDBACK_COLUMNS, [_feedback_values(row) for row in rows])
+
+  def _query(self, sql: str) -> list:
+    with self._lock:
+      return self._connection.execute(sql).fetchall()
+
+  def count_rewarded(self, begin: float = 0.0, end: float = float("inf")) -> int:
+    """Number of predictions with feedback and begin <= event_time < end."""
+    return self._query(f"SELECT COUNT(*) FROM ({training_query(begin, end)})")[0][0]
+
+  def rewarded_records(self, begin: float = 0.0,
+                       end: float = float("inf")) -> Dict[str, np.ndarray]:
+    """The rows of `training_query(begin, end)` as NumPy arrays, one per column."""
+    rows = self._query(training_query(begin, end))
+    observations = [json.loads(row[2]) for row in rows]
+    size = len(observations[0]) if rows else 0
+    for row, observation in zip(rows, observations):
+      if len(observation) != size:
+        raise ValueError(f"request_id {row[0]!r}: observation of length {len(observation)}, "
+                         f"the first record's has {size}")
+    columns = list(zip(*rows)) or [()] * len(TRAINING_COLUMNS)
+    return {
+        "request_id": np.array(columns[0], dtype=object),
+        "event_time": np.array(columns[1], dtype=np.float64),
+        "observation": np.array(observations, dtype=np.float32).reshape(len(rows), size),
+        "action": np.array(columns[3], dtype=np.int32),
+        "propensity": np.array(columns[4], dtype=np.float32),
+        "model_version": np.array(columns[5], dtype=object),
+        "reward": np.array(columns[6], dtype=np.float32),
+    }
+
+  def close(self) -> None:
+    with self._lock:
+      self._connection.close()
