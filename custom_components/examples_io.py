@@ -30,3 +30,10 @@ def read_split(examples: Examples, split: str, rank_k: int, batch_size: int = 81
   arrays = {name: np.concatenate(values) for name, values in columns.items()}
   arrays["action"] = arrays["action"].astype(np.int32)
   return arrays
+
+
+def span_of(examples: Examples) -> int:
+  """The span ExampleGen's driver recorded (a custom property on query-based ExampleGens)."""
+  if examples.has_custom_property("span"):
+    return examples.get_int_custom_property("span")
+  return examples.span

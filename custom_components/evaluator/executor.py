@@ -86,7 +86,7 @@ class Executor(base_executor.BaseExecutor):
     evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
     result = {"candidate": candidate_report, "baseline": baseline_report,
               "baseline_name": baseline_name, "blessed": blessed, "reasons": reasons,
-              "span": examples.span, "eval_records": int(len(records["reward"]))}
+              "span": examples_io.span_of(examples), "eval_records": int(len(records["reward"]))}
     io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
                                json.dumps(result, indent=2, sort_keys=True))
     evaluation.set_int_custom_property("blessed", int(blessed))

@@ -64,7 +64,7 @@ class Executor(base_executor.BaseExecutor):
     writer.close()
 
     model = artifact_utils.get_single_instance(output_dict["model"])
-    span = examples.span
+    span = examples_io.span_of(examples)
     window_end = float(exec_properties["window_end"])
     model_io.save(agent, config.agent, env.num_movies, env.rank_k,
                   path_utils.serving_model_dir(model.uri),
