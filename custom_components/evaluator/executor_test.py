@@ -1,0 +1,71 @@
+"""Tests of the Evaluator executor: estimates, the gate, and the blessing TFX reads."""
+import json
+import os
+
+import pytest
+from tfx.components.evaluator import constants
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from custom_components import testing_utils
+from custom_components.artifacts import PolicyEvaluation
+from custom_components.evaluator import executor
+from rlops import environment, model_io, training
+from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, PipelineConfig
+
+CONFIG = Config(data=DataConfig(seed=0), environment=EnvironmentConfig(num_movies=10, rank_k=4),
+                pipeline=PipelineConfig(bootstrap_samples=50))
+
+
+def _model(tmp_path, name, records, model_id):
+  agent = model_io.new_agent(AgentConfig(), 10, 4)
+  training.train_on_logged(agent, records["observation"], records["action"], records["reward"])
+  model = standard_artifacts.Model()
+  model.uri, model.id = str(tmp_path / name), model_id
+  model_io.save(agent, AgentConfig(), 10, 4, path_utils.serving_model_dir(model.uri), {})
+  return model
+
+
+def _evaluate(tmp_path, candidate, baseline, eval_records):
+  examples = testing_utils.write_examples(str(tmp_path / "examples"), {"eval": eval_records})
+  evaluation, blessing = PolicyEvaluation(), standard_artifacts.ModelBlessing()
+  evaluation.uri, blessing.uri = str(tmp_path / "evaluation"), str(tmp_path / "blessing")
+  executor.Executor().Do(
+      {"examples": [examples], "model": [candidate], "baseline_model": [baseline] if baseline else []},
+      {"evaluation": [evaluation], "blessing": [blessing]}, {"config": CONFIG.to_json()})
+  with open(os.path.join(evaluation.uri, executor.EVALUATION_FILE)) as f:
+    return json.load(f), blessing
+
+
+def test_a_worse_candidate_is_not_blessed(tmp_path):
+  model = environment.MovieLensModel.from_config(CONFIG)  # the simulation the Evaluator knows
+  good = _model(tmp_path, "good", testing_utils.logged_records(model, 3000, seed=1), model_id=7)
+  shuffled = testing_utils.logged_records(model, 3000, seed=2)
+  shuffled["reward"] = shuffled["reward"][::-1].copy()
+  bad = _model(tmp_path, "bad", shuffled, model_id=8)
+  eval_records = testing_utils.logged_records(model, 2000, seed=3)
+
+  result, blessing = _evaluate(tmp_path / "a", good, None, eval_records)
+  assert result["blessed"] and result["baseline_name"] == "logging policy"
+  assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 1
+  assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY) == 7
+  assert os.path.exists(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME))
+  for metric in ("ips", "snips", "dr"):
+    estimate = result["candidate"][metric]
+    assert estimate["low"] <= estimate["value"] <= estimate["high"]
+  # On correct logs, the off-policy estimate is close to the true value.
+  assert result["candidate"]["dr"]["value"] == pytest.approx(result["candidate"]["oracle"]["value"], abs=0.3)
+
+  result, blessing = _evaluate(tmp_path / "b", bad, good, eval_records)
+  assert not result["blessed"] and result["baseline_name"] == "blessed model 7"
+  assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 0
+  assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY) == 7
+  assert os.path.exists(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME))
+
+
+def test_gate_tolerance():
+  candidate = {"dr": {"value": 3.00}, "oracle": {"value": 3.5}}
+  baseline = {"dr": {"value": 3.04}, "oracle": {"value": 3.5}}
+  assert executor.gate(candidate, baseline, ("dr", "oracle"), tolerance=0.05)[0]
+  blessed, reasons = executor.gate(candidate, baseline, ("dr", "oracle"), tolerance=0.01)
+  assert not blessed and reasons[0].endswith("(worse)") and reasons[1].endswith("(ok)")
