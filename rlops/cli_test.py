@@ -21,12 +21,13 @@ def test_console_script_lists_its_commands():
 @pytest.mark.parametrize("arguments, message", [
     (["--agent", "linucb", "--num-movies", "20", "--rank-k", "30"], "rank_k must be between 1 and num_movies"),
     (["--data", "/no/such/ml-100k"], "data path '/no/such/ml-100k' does not exist"),
-    (["--samples", "-5"], "--samples must be positive"),
+    (["--samples", "-5"], "samples must be positive"),
     (["--epsilon", "2"], r"epsilon must be in \[0, 1\]"),
 ])
-def test_bad_configuration_fails_before_any_work(tmp_path, capsys, arguments, message):
+@pytest.mark.parametrize("command", [["train"], ["pipeline", "startup"], ["demo"]])
+def test_bad_configuration_fails_before_any_work(tmp_path, capsys, command, arguments, message):
   workdir = tmp_path / "work"
-  assert cli.main(["train", "--workdir", str(workdir)] + arguments) == 2
+  assert cli.main(command + ["--workdir", str(workdir)] + arguments) == 2
   assert re.search(message, capsys.readouterr().err)
   assert not workdir.exists()
 
