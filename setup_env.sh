@@ -19,13 +19,12 @@ find_python() {
     echo "$RLOPS_PYTHON"; return
   fi
   if [ "${RLOPS_PYTHON_ROUTE:-}" != debian ]; then
-    local candidate root
-    for candidate in python3.10 python3.9; do
-      if runs_ok "$(command -v "$candidate" || true)"; then command -v "$candidate"; return; fi
-    done
+    local candidate root version
     root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
-    for candidate in "$root"/versions/3.10*/bin/python3.10 "$root"/versions/3.9*/bin/python3.9; do
-      if runs_ok "$candidate"; then echo "$candidate"; return; fi
+    for version in 3.10 3.9; do  # 3.10 first, wherever it is
+      for candidate in "$(command -v "python$version" || true)" "$root"/versions/"$version".*/bin/"python$version"; do
+        if runs_ok "$candidate"; then echo "$candidate"; return; fi
+      done
     done
   fi
   install_debian_python39
