@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 from typing import List, Optional
 
 from rlops import movielens
@@ -138,34 +137,52 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-  """Startup pipeline, then served traffic logged to the warehouse, then a retraining."""
+  """The whole local loop: startup pipeline, endpoint, rounds of traffic, retrainings."""
   config = config_from_args(args)
-  if args.requests < 1:
-    raise ConfigError(f"--requests must be positive, got {args.requests}")
+  for name in ("rounds", "requests", "threshold"):
+    if getattr(args, name) < 1:
+      raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
   _quiet_tensorflow()
-  from rlops import environment, traffic  # pylint: disable=import-outside-toplevel
-  from rlops import warehouse as warehouse_lib  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  runs = [local_runner.run(config, "startup")]
-  _print_run(runs[-1])
-  paths = local_runner.LocalPaths(config.workdir)
-  warehouse = warehouse_lib.Warehouse(paths.warehouse)
-  try:
-    served = traffic.log_policy_traffic(environment.MovieLensModel.from_config(config),
-                                        paths.serving, warehouse, args.requests,
-                                        seed=config.environment.seed)
-  finally:
-    warehouse.close()
-  print(f"\nserved {served['requests']} requests with version {served['model_version']}: "
-        f"mean reward {served['mean_reward']:.3f}, regret {served['regret']:.3f}")
-  time.sleep(1)  # the served records' second must end before the next span does
-  runs.append(local_runner.run(config, "retrain"))
-  _print_run(runs[-1])
-  print("\ngate decisions:")
-  for result in runs:
-    decision = ("blessed" if result.get("blessed") else "not blessed") if result["trained"] else "not run"
-    print(f"  {result['mode']:8s} span {result['window']['span']}: {decision}")
+  from rlops import demo  # pylint: disable=import-outside-toplevel
+  report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
+                         threshold=args.threshold)
+  demo.print_table(report)
+  print(f"\nreport: {config.workdir}/demo_report.json, plot: {config.workdir}/demo_rounds.png")
   return 0
+
+
+def _sink(args: argparse.Namespace, config: Config):
+  from rlops import log_sinks  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  if args.logger_url:
+    return log_sinks.CloudEventSink(args.logger_url)
+  return log_sinks.InProcessSink(local_runner.LocalPaths(config.workdir).warehouse)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  _quiet_tensorflow()
+  import uvicorn  # pylint: disable=import-outside-toplevel
+  from rlops import server  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  app = server.create_app(args.model or local_runner.LocalPaths(config.workdir).serving,
+                          _sink(args, config),
+                          outbox_path=os.path.join(config.workdir, "outbox.jsonl"))
+  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+  return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  if args.requests < 1 or (args.rate is not None and args.rate <= 0):
+    raise ConfigError("--requests and --rate must be positive")
+  from functions.simulator import main as simulator  # pylint: disable=import-outside-toplevel
+  from rlops import environment  # pylint: disable=import-outside-toplevel
+  summary = simulator.run_simulation(args.url, environment.MovieLensModel.from_config(config),
+                                     args.requests, _sink(args, config), rate=args.rate,
+                                     seed=config.environment.seed, progress=True)
+  print(json.dumps(summary, indent=2))
+  return 0 if summary["errors"] == 0 else 1
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
@@ -223,12 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
       prog="rlops", description="Contextual-bandit movie recommender with a closed MLOps loop.")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  demo = commands.add_parser("demo", help="run the main job on embedded defaults: startup "
-                              "pipeline, served traffic, retraining pipeline")
+  demo = commands.add_parser("demo", help="run the whole local loop on embedded defaults: startup "
+                              "pipeline, endpoint, simulated traffic, triggered retrainings")
   _add_config_arguments(demo)
-  demo.add_argument("--requests", type=int, default=5000,
-                    help="served requests logged before the retraining (default: %(default)s)")
+  demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
+  demo.add_argument("--requests", type=int, default=2000,
+                    help="simulated requests per round (default: %(default)s)")
+  demo.add_argument("--threshold", type=int, default=1500,
+                    help="new rewarded records that trigger a retraining (default: %(default)s)")
   demo.set_defaults(handler=_cmd_demo)
+
+  serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
+  _add_config_arguments(serve)
+  serve.add_argument("--model", default=None,
+                     help="model directory or Pusher base directory (default: WORKDIR/serving)")
+  serve.add_argument("--host", default="127.0.0.1")
+  serve.add_argument("--port", type=int, default=8080)
+  serve.add_argument("--logger-url", default=None,
+                     help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+  serve.set_defaults(handler=_cmd_serve)
+
+  simulate = commands.add_parser("simulate", help="send simulated users' requests and their feedback")
+  _add_config_arguments(simulate)
+  simulate.add_argument("--url", default="http://127.0.0.1:8080/predict")
+  simulate.add_argument("--requests", type=int, default=1000)
+  simulate.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast as answered)")
+  simulate.add_argument("--logger-url", default=None,
+                        help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+  simulate.set_defaults(handler=_cmd_simulate)
 
   train = commands.add_parser("train", help="train an agent online on the MovieLens simulation")
   _add_config_arguments(train)

@@ -30,3 +30,23 @@ def learning_curves(curves: Dict[str, "object"], path: pathlib.Path, title: str 
   figure.savefig(path, dpi=110)
   plt.close(figure)
   return path
+
+
+def rounds(rows, path) -> str:
+  """Mean reward and regret of the served policy per demo round, with the versions served."""
+  figure, axis = plt.subplots(figsize=(8, 4.5))
+  numbers = [row["round"] for row in rows]
+  axis.plot(numbers, [row["mean_reward"] for row in rows], marker="o", label="mean reward")
+  axis.plot(numbers, [row["regret"] for row in rows], marker="s", label="regret vs oracle")
+  for row in rows:
+    axis.annotate("v" + ",".join(v[-4:] for v in row["versions"]), (row["round"], row["mean_reward"]),
+                  textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+  axis.set_xlabel("round")
+  axis.set_xticks(numbers)
+  axis.set_title("served policy per round (labels: model versions, last digits)")
+  axis.grid(alpha=0.3)
+  axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path

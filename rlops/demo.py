@@ -1,0 +1,70 @@
+"""The closed loop on one machine: startup pipeline, endpoint, simulated traffic with
+feedback, triggered retraining and hot swaps, round after round."""
+import json
+import os
+import time
+from typing import Any, Dict, List
+
+import httpx
+
+from functions.simulator import main as simulator
+from functions.trigger import main as trigger
+from rlops import environment, log_sinks, plots, server, traffic
+from rlops.config import Config
+from tfx_pipeline import local_runner
+
+
+def _wait_for_version(url: str, version: str, timeout: float = 60.0) -> None:
+  deadline = time.monotonic() + timeout
+  while httpx.get(f"{url}/version", timeout=5.0).json().get("version") != version:
+    if time.monotonic() > deadline:
+      raise TimeoutError(f"the endpoint did not swap to version {version} in {timeout:.0f} s")
+    time.sleep(0.2)
+
+
+def _decision(outcome: Dict[str, Any]) -> str:
+  if not outcome["started"]:
+    return f"not run ({outcome['reason']})"
+  result = outcome["result"]
+  return ("blessed, pushed " + os.path.basename(result["pushed_destination"])
+          if result.get("pushed") else "not blessed")
+
+
+def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: int) -> Dict[str, Any]:
+  """Runs the loop; returns the startup outcome and one row per round."""
+  paths = local_runner.LocalPaths(config.workdir)
+  startup = local_runner.run(config, "startup")
+  model = environment.MovieLensModel.from_config(config)
+  sink = log_sinks.InProcessSink(paths.warehouse)
+  app = server.create_app(paths.serving, sink, outbox_path=os.path.join(config.workdir, "outbox.jsonl"),
+                          poll_seconds=0.5, seed=config.environment.seed)
+  rows: List[Dict[str, Any]] = []
+  with server.ServerThread(app) as endpoint:
+    for index in range(rounds):
+      if startup.get("pushed") or rows:
+        _wait_for_version(endpoint.url, traffic.latest_version(paths.serving))
+      served = simulator.run_simulation(f"{endpoint.url}/predict", model, requests_per_round, sink,
+                                        seed=config.environment.seed + index, progress=True)
+      if not app.state.logger.flush(timeout=60.0):
+        raise TimeoutError("prediction logs were not delivered within 60 s")
+      time.sleep(1.1)  # Windows end at whole seconds: let this round's last second end.
+      outcome = trigger.maybe_retrain(config, threshold)
+      rows.append({"round": index + 1, "versions": served["versions"], "requests": served["requests"],
+                   "errors": served["errors"], "mean_reward": served["mean_reward"],
+                   "regret": served["mean_regret"], "retraining": _decision(outcome),
+                   "new_records": outcome.get("new_records")})
+  report = {"startup": {k: startup.get(k) for k in ("model_id", "blessed", "pushed_destination")},
+            "rounds": rows, "config": json.loads(config.to_json())}
+  with open(os.path.join(config.workdir, "demo_report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  plots.rounds(rows, os.path.join(config.workdir, "demo_rounds.png"))
+  return report
+
+
+def print_table(report: Dict[str, Any]) -> None:
+  print(f"\n{'round':>5}  {'serving version(s)':24s} {'requests':>8}  {'mean reward':>11}  "
+        f"{'regret':>7}  retraining after the round")
+  for row in report["rounds"]:
+    versions = ", ".join(row["versions"]) or "-"
+    print(f"{row['round']:>5}  {versions:24s} {row['requests']:>8}  {row['mean_reward']:>11.3f}  "
+          f"{row['regret']:>7.3f}  {row['retraining']}")

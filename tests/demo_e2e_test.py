@@ -1,0 +1,38 @@
+"""`rlops demo`, short: the whole loop over HTTP, with the data it leaves checked."""
+import json
+
+import numpy as np
+
+from rlops import cli, environment
+from rlops import warehouse as warehouse_lib
+from rlops.config import Config, DataConfig, EnvironmentConfig
+from tfx_pipeline import local_runner
+
+
+def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_path, capsys):
+  workdir = tmp_path / "work"
+  assert cli.main(["demo", "--workdir", str(workdir), "--samples", "3000", "--num-movies", "10",
+                   "--rank-k", "5", "--data-seed", "6", "--rounds", "2", "--requests", "600",
+                   "--threshold", "500"]) == 0
+  output = capsys.readouterr().out
+  assert "retraining after the round" in output and (workdir / "demo_rounds.png").exists()
+  report = json.loads((workdir / "demo_report.json").read_text())
+  first, second = report["rounds"]
+  assert first["errors"] == second["errors"] == 0
+  assert first["retraining"].startswith("blessed, pushed ")
+  retrained_version = first["retraining"].split()[-1]
+  assert list(second["versions"]) == [retrained_version]  # the hot swap happened before round 2
+  assert second["mean_reward"] >= first["mean_reward"] - 0.1
+
+  # Every served prediction was logged once, and its feedback is the reward of exactly the
+  # user whose context was sent, for exactly the movie returned.
+  config = Config(data=DataConfig(seed=6), environment=EnvironmentConfig(num_movies=10, rank_k=5))
+  model = environment.MovieLensModel.from_config(config)
+  store = warehouse_lib.Warehouse(local_runner.LocalPaths(str(workdir)).warehouse)
+  records = store.rewarded_records()
+  served = records["model_version"] != "uniform-random"
+  assert served.sum() == sum(v["count"] for row in report["rounds"] for v in row["versions"].values())
+  distances = ((records["observation"][served][:, None] - model.user_vectors[None]) ** 2).sum(-1)
+  users = distances.argmin(axis=1)
+  np.testing.assert_allclose(records["reward"][served], model.reward(users, records["action"][served]),
+                             rtol=1e-5, atol=1e-5)
