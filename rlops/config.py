@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 from typing import Optional, Tuple
 
 AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
@@ -135,6 +136,100 @@ class PipelineConfig:
       raise ConfigError(f"bootstrap_samples must be at least 10, got {self.bootstrap_samples}")
 
 
+# Google Cloud naming rules, checked before anything is compiled or submitted.
+_PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION_RE = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_BUCKET_RE = re.compile(r"gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]+)*")
+_DATASET_RE = re.compile(r"[A-Za-z0-9_]{1,1024}")
+_ENDPOINT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_MACHINE_TYPE_RE = re.compile(r"[a-z0-9]+-[a-z0-9-]+")
+# Vertex Pipelines' rule for pipeline (and so MLMD context) names.
+_VERTEX_PIPELINE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GcpConfig:
+  """Production on Google Cloud: Vertex Pipelines, Dataflow, BigQuery, one Vertex endpoint.
+
+  Attributes:
+    project: Project id, e.g. "my-project".
+    region: Region of Vertex AI, Dataflow and the endpoint, e.g. "us-central1".
+    bucket: "gs://bucket" (optionally with a path) for pipeline root and Dataflow temp files.
+    dataset: BigQuery dataset holding the `predictions` and `feedback` tables.
+    endpoint_name: Display name of the one long-lived Vertex endpoint every push
+      deploys to (created by the first push if missing).
+    pipeline_image: Image of the pipeline's components and of the Dataflow workers.
+    serving_image: Custom serving container image the pushed models run in.
+    service_account: Runs Dataflow workers and the deployed model; None: the defaults.
+    dataflow_machine_type: Dataflow worker machine type.
+    dataflow_max_workers: Dataflow autoscaling limit.
+    serving_machine_type: Machine type of the endpoint's replicas.
+    serving_min_replicas: Fewest replicas of a deployed model.
+    serving_max_replicas: Most replicas of a deployed model.
+  """
+  project: str
+  region: str
+  bucket: str
+  dataset: str
+  endpoint_name: str
+  pipeline_image: str
+  serving_image: str
+  service_account: Optional[str] = None
+  dataflow_machine_type: str = "e2-standard-4"
+  dataflow_max_workers: int = 4
+  serving_machine_type: str = "n1-standard-2"
+  serving_min_replicas: int = 1
+  serving_max_replicas: int = 2
+
+  @property
+  def pipeline_root(self) -> str:
+    return f"{self.bucket.rstrip('/')}/pipeline_root"
+
+  @property
+  def temp_location(self) -> str:
+    return f"{self.bucket.rstrip('/')}/tmp"
+
+  @property
+  def table_prefix(self) -> str:
+    """Prefix of the warehouse tables in BigQuery SQL: "`project.dataset`."."""
+    return f"`{self.project}.{self.dataset}`."
+
+  @property
+  def warehouse(self) -> str:
+    """The BigQuery warehouse as the Generator's `warehouse` string: "bq://project.dataset"."""
+    return f"bq://{self.project}.{self.dataset}"
+
+  def validate(self) -> None:
+    if not _PROJECT_RE.fullmatch(self.project):
+      raise ConfigError(f"gcp.project must be a project id (6-30 lowercase letters, digits, "
+                        f"hyphens, starting with a letter), got {self.project!r}")
+    if not _REGION_RE.fullmatch(self.region):
+      raise ConfigError(f"gcp.region must be a region like 'us-central1', got {self.region!r}")
+    if not _BUCKET_RE.fullmatch(self.bucket.rstrip("/")):
+      raise ConfigError(f"gcp.bucket must start with gs:// and name a bucket, got {self.bucket!r}")
+    if not _DATASET_RE.fullmatch(self.dataset):
+      raise ConfigError(f"gcp.dataset must be a BigQuery dataset name (letters, digits, "
+                        f"underscores), got {self.dataset!r}")
+    if not _ENDPOINT_RE.fullmatch(self.endpoint_name):
+      raise ConfigError(f"gcp.endpoint_name must be 1-128 letters, digits, '-' or '_', "
+                        f"got {self.endpoint_name!r}")
+    for field in ("pipeline_image", "serving_image"):
+      image = getattr(self, field)
+      if not image or any(c.isspace() for c in image):
+        raise ConfigError(f"gcp.{field} must be a container image reference, got {image!r}")
+    if self.service_account is not None and "@" not in self.service_account:
+      raise ConfigError(f"gcp.service_account must be an email, got {self.service_account!r}")
+    for field in ("dataflow_machine_type", "serving_machine_type"):
+      if not _MACHINE_TYPE_RE.fullmatch(getattr(self, field)):
+        raise ConfigError(f"gcp.{field} must be a machine type like 'n1-standard-2', "
+                          f"got {getattr(self, field)!r}")
+    if self.dataflow_max_workers < 1:
+      raise ConfigError(f"gcp.dataflow_max_workers must be positive, got {self.dataflow_max_workers}")
+    if not 1 <= self.serving_min_replicas <= self.serving_max_replicas:
+      raise ConfigError("gcp.serving replicas need 1 <= min <= max, got "
+                        f"{self.serving_min_replicas} and {self.serving_max_replicas}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything a run needs; `validate()` is called by every entry point first."""
@@ -143,6 +238,8 @@ class Config:
   agent: AgentConfig = AgentConfig()
   pipeline: PipelineConfig = PipelineConfig()
   workdir: str = "rlops-work"
+  # Production on Google Cloud; None: local only.
+  gcp: Optional[GcpConfig] = None
 
   def validate(self) -> "Config":
     self.data.validate()
@@ -151,6 +248,11 @@ class Config:
     self.pipeline.validate()
     if self.agent.is_linear and self.pipeline.epochs != 1:
       raise ConfigError("linear agents train in one pass over the data: epochs must be 1")
+    if self.gcp is not None:
+      self.gcp.validate()
+      if not _VERTEX_PIPELINE_NAME_RE.fullmatch(self.pipeline.name):
+        raise ConfigError("on Vertex the pipeline name must be lowercase letters, digits and "
+                          f"hyphens, got {self.pipeline.name!r}")
     return self
 
   def to_json(self) -> str:
@@ -165,7 +267,8 @@ class Config:
                environment=EnvironmentConfig(**fields["environment"]),
                agent=AgentConfig(**fields["agent"]),
                pipeline=PipelineConfig(**fields["pipeline"]),
-               workdir=fields["workdir"])
+               workdir=fields["workdir"],
+               gcp=GcpConfig(**fields["gcp"]) if fields.get("gcp") else None)
 
   def replace(self, **sections) -> "Config":
     """A copy with some fields of some sections replaced: replace(agent={"name": "lints"})."""

@@ -38,6 +38,8 @@ def rounds(rows, path) -> str:
   numbers = [row["round"] for row in rows]
   axis.plot(numbers, [row["mean_reward"] for row in rows], marker="o", label="mean reward")
   axis.plot(numbers, [row["regret"] for row in rows], marker="s", label="regret vs oracle")
+  axis.plot(numbers, [row["expected_regret"] for row in rows], marker="^", linestyle="--",
+            label="expected regret of the serving policy")
   for row in rows:
     axis.annotate("v" + ",".join(v[-4:] for v in row["versions"]), (row["round"], row["mean_reward"]),
                   textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)

@@ -3,20 +3,103 @@ from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.base import base_component
 
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
 from custom_components.ingester.component import SqliteExampleGen
 from custom_components.trainer.component import Trainer
 from rlops import warehouse as warehouse_lib
-from rlops.config import Config
+from rlops.config import Config, GcpConfig
 
 STARTUP = "startup"
 RETRAIN = "retrain"
+LOCAL = "local"
+VERTEX = "vertex"
+
+# Vertex pipeline parameters, set by every submission (vertex_runner.pipeline_parameters).
+INPUT_CONFIG_PARAMETER = "input_config"
+RANGE_CONFIG_PARAMETER = "range_config"
+WINDOW_END_PARAMETER = "window_end"
+EVENT_TIME_PARAMETER = "event_time"
+
+# train:eval = 4:1 by hash, on both targets.
+OUTPUT_CONFIG = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+    tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
+    tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
+]))
 
 
-def create_pipeline(config: Config, mode: str, span: int, window_begin: float, window_end: float, *,
-                    pipeline_root: str, warehouse: str, push_directory: str,
+def dataflow_beam_args(gcp: GcpConfig) -> List[str]:
+  """Beam on Dataflow with the pipeline image as worker container.
+
+  TFX's guide for custom code with native dependencies (TensorFlow,
+  TF-Agents, these components): workers run the image the components run in
+  (`--sdk_container_image`, Runner v2) instead of installing a `--setup_file`
+  package on every worker. The image's ENTRYPOINT must be Beam's
+  `/opt/apache/beam/boot`; Vertex tasks set their own command.
+  """
+  args = [
+      "--runner=DataflowRunner",
+      f"--project={gcp.project}",
+      f"--region={gcp.region}",
+      f"--temp_location={gcp.temp_location}",
+      f"--sdk_container_image={gcp.pipeline_image}",
+      "--experiments=use_runner_v2",
+      f"--machine_type={gcp.dataflow_machine_type}",
+      f"--max_num_workers={gcp.dataflow_max_workers}",
+  ]
+  if gcp.service_account:
+    args.append(f"--service_account_email={gcp.service_account}")
+  return args
+
+
+def vertex_pusher_config(gcp: GcpConfig) -> dict:
+  """custom_config of TFX's Vertex Pusher: every push deploys to the one endpoint.
+
+  TFX 1.15 looks the endpoint up by display name (`endpoint_name`), creates it
+  only when none exists, uploads the model with `serving_image` and deploys it
+  there with all the traffic.
+  """
+  serving_args = {
+      "project": gcp.project,
+      "endpoint_name": gcp.endpoint_name,
+      "machine_type": gcp.serving_machine_type,
+      "min_replica_count": gcp.serving_min_replicas,
+      "max_replica_count": gcp.serving_max_replicas,
+      "traffic_percentage": 100,
+  }
+  if gcp.service_account:
+    serving_args["service_account"] = gcp.service_account
+  ai_platform = tfx.extensions.google_cloud_ai_platform
+  return {
+      ai_platform.ENABLE_VERTEX_KEY: True,
+      ai_platform.VERTEX_REGION_KEY: gcp.region,
+      ai_platform.VERTEX_CONTAINER_IMAGE_URI_KEY: gcp.serving_image,
+      ai_platform.SERVING_ARGS_KEY: serving_args,
+  }
+
+
+def _parameter(name: str, ptype: type) -> tfx.dsl.experimental.RuntimeParameter:
+  """A Vertex pipeline parameter without default: every submission must set it."""
+  return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype)
+
+
+def _bind_parameter(component: base_component.BaseComponent, name: str, ptype: type) -> None:
+  """Binds exec property `name` to the pipeline parameter of that name.
+
+  For Trainer and Generator, whose constructors coerce these values with
+  float(); the type is checked against the spec as the constructor would.
+  """
+  parameter = _parameter(name, ptype)
+  component.spec.PARAMETERS[name].type_check(name, parameter)
+  component.exec_properties[name] = parameter
+
+
+def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
+                    window_begin: Optional[float] = None, window_end: Optional[float] = None, *,
+                    pipeline_root: str, warehouse: str, push_directory: Optional[str] = None,
+                    target: str = LOCAL,
                     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
   """Startup: Generator, Ingester, Trainer, Evaluator, Pusher. Retrain: Ingester,
@@ -26,15 +109,47 @@ def create_pipeline(config: Config, mode: str, span: int, window_begin: float, w
   [window_begin, window_end), Unix seconds. The bounds are literals in the
   query text, so the text changes with the data (query-based ExampleGens have
   no input fingerprint) and the Trainer records the window's end in MLMD.
+
+  target LOCAL: SQLite warehouse file, Pusher to `push_directory`, Beam in
+  process. target VERTEX (needs `config.gcp`): BigQueryExampleGen on the
+  dataset, the Generator writes to `warehouse` ("bq://project.dataset"), the
+  Vertex Pusher deploys to the one endpoint, Beam on Dataflow. The window is
+  then not known when compiling: leave span and the window None; each run sets
+  the pipeline parameters *_PARAMETER (the query, the span, the window's end and
+  the Generator's event time).
   """
   if mode not in (STARTUP, RETRAIN):
     raise ValueError(f"mode must be {STARTUP!r} or {RETRAIN!r}, got {mode!r}")
-  ingester = SqliteExampleGen(query=warehouse_lib.training_query(window_begin, window_end),
-                              warehouse_path=warehouse, span=span).with_id("Ingester")
+  window = (span, window_begin, window_end)
+  if target == LOCAL:
+    if None in window or push_directory is None:
+      raise ValueError("a local pipeline needs span, window_begin, window_end and push_directory")
+  elif target == VERTEX:
+    if config.gcp is None:
+      raise ValueError("a Vertex pipeline needs config.gcp")
+    if window != (None, None, None) or metadata_connection_config is not None:
+      raise ValueError("a Vertex pipeline takes its window from pipeline parameters at run time "
+                       "and its metadata from Vertex ML Metadata: pass neither")
+  else:
+    raise ValueError(f"target must be {LOCAL!r} or {VERTEX!r}, got {target!r}")
+
+  if target == LOCAL:
+    ingester = SqliteExampleGen(query=warehouse_lib.training_query(window_begin, window_end),
+                                warehouse_path=warehouse, span=span, output_config=OUTPUT_CONFIG)
+  else:
+    ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
+        input_config=_parameter(INPUT_CONFIG_PARAMETER, str), output_config=OUTPUT_CONFIG,
+        range_config=_parameter(RANGE_CONFIG_PARAMETER, str))
+    # Placeholders until the Trainer's and Generator's values are bound to parameters below.
+    window_end = 0.0
+  ingester = ingester.with_id("Ingester")
+
   components = []
   if mode == STARTUP:
     # Stamped just before the span's end, so the Ingester of this run reads them.
     generator = Generator(config, event_time=window_end - 1, warehouse=warehouse)
+    if target == VERTEX:
+      _bind_parameter(generator, EVENT_TIME_PARAMETER, float)
     ingester.add_upstream_node(generator)
     components.append(generator)
   latest_blessed = tfx.dsl.Resolver(
@@ -44,17 +159,27 @@ def create_pipeline(config: Config, mode: str, span: int, window_begin: float, w
   ).with_id("latest_blessed_model_resolver")
   trainer = Trainer(examples=ingester.outputs["examples"], config=config, window_end=window_end,
                     base_model=latest_blessed.outputs["model"] if mode == RETRAIN else None)
+  if target == VERTEX:
+    _bind_parameter(trainer, WINDOW_END_PARAMETER, float)
   evaluator = Evaluator(examples=ingester.outputs["examples"], model=trainer.outputs["model"],
                         baseline_model=latest_blessed.outputs["model"], config=config)
-  pusher = tfx.components.Pusher(
-      model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
+  if target == LOCAL:
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
+  else:
+    pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        custom_config=vertex_pusher_config(config.gcp))
   components += [ingester, latest_blessed, trainer, evaluator, pusher]
+  if beam_pipeline_args is None:
+    beam_pipeline_args = (["--direct_running_mode=in_memory"] if target == LOCAL
+                          else dataflow_beam_args(config.gcp))
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline.name,
       pipeline_root=pipeline_root,
       components=components,
       enable_cache=False,
       metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory"])
+      beam_pipeline_args=beam_pipeline_args)

@@ -1,0 +1,103 @@
+"""Compiles the pipeline for Vertex Pipelines, and fills the parameters of each run.
+
+The compiled startup and retraining pipelines (`compile_pipeline`) do not
+change from run to run: the data window is a set of pipeline parameters
+without defaults, which every submission must set, e.g.
+
+  job = aiplatform.PipelineJob(
+      display_name=..., template_path="retrain.json", pipeline_root=gcp.pipeline_root,
+      parameter_values=pipeline_parameters(window, span, gcp=gcp, mode="retrain"),
+      enable_caching=False, project=gcp.project, location=gcp.region)
+  job.submit(service_account=gcp.service_account)
+
+The parameters (names as in `tfx_pipeline.pipeline`):
+  input_config  str    example_gen_pb2.Input as JSON: one split whose pattern is
+                       `warehouse.training_query(begin, end, gcp.table_prefix)`.
+  range_config  str    range_config_pb2.RangeConfig as JSON: static range [span, span].
+                       Recorded with the Ingester's execution only: Vertex runs no
+                       ExampleGen driver, so the Examples carry no `span` there.
+  window_end    float  The window's end, recorded by the Trainer.
+  event_time    float  Startup only: the Generator's record time, end - 1.
+
+Only `compile_pipeline` imports TFX: a submitter (the Trigger function) fills
+the parameters with this module, `rlops.config` and `rlops.warehouse` alone.
+"""
+import json
+import math
+import numbers
+import os
+from typing import Any, Dict, Mapping
+
+from rlops import warehouse as warehouse_lib
+from rlops.config import Config, ConfigError, GcpConfig
+
+# The modes and parameter names of tfx_pipeline.pipeline, spelled out here so that
+# submitters need no TFX; vertex_runner_test checks them against the compiled pipelines.
+STARTUP = "startup"
+RETRAIN = "retrain"
+INPUT_CONFIG = "input_config"
+RANGE_CONFIG = "range_config"
+WINDOW_END = "window_end"
+EVENT_TIME = "event_time"
+# The split name TFX gives the single split of a query (utils.make_default_input_config).
+_SINGLE_SPLIT = "single_split"
+
+
+def pipeline_parameters(window: Mapping[str, float], span: int, *, gcp: GcpConfig,
+                        mode: str) -> Dict[str, Any]:
+  """The values a submission of the compiled `mode` pipeline sets: exactly its parameters.
+
+  Args:
+    window: {"begin": ..., "end": ...}, Unix seconds, the records to train on
+      (as `local_runner.next_window` gives it; other keys are ignored).
+    span: The span number of this window.
+    gcp: Names the BigQuery tables the query reads.
+    mode: "startup" or "retrain".
+  """
+  if mode not in (STARTUP, RETRAIN):
+    raise ValueError(f"mode must be {STARTUP!r} or {RETRAIN!r}, got {mode!r}")
+  if isinstance(span, bool) or not isinstance(span, numbers.Integral) or span < 0:
+    raise ValueError(f"span must be a non-negative integer, got {span!r}")
+  begin, end = float(window["begin"]), float(window["end"])
+  if not (math.isfinite(begin) and math.isfinite(end) and begin < end):
+    raise ValueError(f"the window must be finite with begin < end, got [{begin}, {end})")
+  if mode == STARTUP and end - 1 < begin:
+    raise ValueError(f"the startup window must be at least a second long, got [{begin}, {end})")
+  query = warehouse_lib.training_query(begin, end, table_prefix=gcp.table_prefix)
+  values = {
+      INPUT_CONFIG: json.dumps({"splits": [{"name": _SINGLE_SPLIT, "pattern": query}]}),
+      RANGE_CONFIG: json.dumps({"static_range": {"start_span_number": int(span),
+                                                 "end_span_number": int(span)}}),
+      WINDOW_END: end,
+  }
+  if mode == STARTUP:
+    values[EVENT_TIME] = end - 1
+  return values
+
+
+def compile_pipeline(config: Config, mode: str, output_path: str) -> str:
+  """Writes the Vertex pipeline job spec of `mode` to output_path (.json or .yaml); returns it.
+
+  Compiling makes no network call. Raises ConfigError for a config without a
+  valid `gcp` section, before anything is compiled.
+  """
+  config.validate()
+  if config.gcp is None:
+    raise ConfigError("compiling for Vertex needs the gcp section of the config")
+  # Imported here, so that submitters importing this module need no TFX.
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from tfx_pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  experimental = tfx.orchestration.experimental
+  if not hasattr(experimental, "KubeflowV2DagRunner"):
+    raise ImportError("compiling for Vertex needs the kfp package (pip install 'tfx[kfp]'): "
+                      "without it tfx.v1.orchestration.experimental has no KubeflowV2DagRunner")
+  pipeline = pipeline_lib.create_pipeline(
+      config, mode, pipeline_root=config.gcp.pipeline_root, warehouse=config.gcp.warehouse,
+      target=pipeline_lib.VERTEX)
+  output_dir, output_filename = os.path.split(os.path.abspath(output_path))
+  runner = experimental.KubeflowV2DagRunner(
+      config=experimental.KubeflowV2DagRunnerConfig(
+          display_name=f"{config.pipeline.name}-{mode}", default_image=config.gcp.pipeline_image),
+      output_dir=output_dir, output_filename=output_filename)
+  runner.run(pipeline)
+  return os.path.join(output_dir, output_filename)
