@@ -4,13 +4,12 @@ from tfx.types import artifact
 
 
 class Interactions(artifact.Artifact):
-  """Interaction records a Generator logged to the warehouse (the artifact holds a summary)."""
+  """Interaction records a Generator logged to the warehouse.
+
+  Its summary (record_count, event_time, warehouse, logging_policy) is in custom
+  properties: Vertex's compiler rejects custom types that declare PROPERTIES.
+  """
   TYPE_NAME = "rlops.Interactions"
-  PROPERTIES = {
-      "record_count": artifact.Property(type=artifact.PropertyType.INT),
-      "event_time": artifact.Property(type=artifact.PropertyType.FLOAT),
-      "warehouse": artifact.Property(type=artifact.PropertyType.STRING),
-  }
 
 
 class PolicyEvaluation(artifact.Artifact):

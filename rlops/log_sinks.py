@@ -1,6 +1,7 @@
 """Where logs go: the Logger function in process, or over HTTP as a Pub/Sub CloudEvent."""
 import base64
 import json
+import os
 import time
 import uuid
 from typing import Any, Dict, Protocol
@@ -54,3 +55,12 @@ class CloudEventSink:
     headers, body = pubsub_cloud_event(message)
     response = self._client.post(self.url, headers=headers, json=body)
     response.raise_for_status()
+
+
+def sink_from_env() -> LogSink:
+  """RLOPS_LOG_URL: a Logger served over HTTP; else RLOPS_WAREHOUSE: its code in process."""
+  if os.environ.get("RLOPS_LOG_URL"):
+    return CloudEventSink(os.environ["RLOPS_LOG_URL"])
+  if os.environ.get("RLOPS_WAREHOUSE"):
+    return InProcessSink(os.environ["RLOPS_WAREHOUSE"])
+  raise RuntimeError("set RLOPS_LOG_URL or RLOPS_WAREHOUSE: where logs go")

@@ -23,13 +23,7 @@ def learning_curves(curves: Dict[str, "object"], path: pathlib.Path, title: str 
     axis.plot(np.arange(len(smooth)) + window, smooth, label=name)
   axis.set_xlabel("samples")
   axis.set_ylabel("regret (moving average)")
-  axis.set_title(title)
-  axis.grid(alpha=0.3)
-  axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return path
+  return _save(figure, axis, title, path)
 
 
 def rounds(rows, path) -> str:
@@ -45,7 +39,11 @@ def rounds(rows, path) -> str:
                   textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
   axis.set_xlabel("round")
   axis.set_xticks(numbers)
-  axis.set_title("served policy per round (labels: model versions, last digits)")
+  return _save(figure, axis, "served policy per round (labels: model versions, last digits)", path)
+
+
+def _save(figure, axis, title: str, path):
+  axis.set_title(title)
   axis.grid(alpha=0.3)
   axis.legend()
   figure.tight_layout()

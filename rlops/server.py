@@ -579,15 +579,6 @@ class ServerThread:
     self.stop()
 
 
-def sink_from_env() -> log_sinks.LogSink:
-  """RLOPS_LOG_URL: a Logger served over HTTP; else RLOPS_WAREHOUSE: its code in process."""
-  if os.environ.get("RLOPS_LOG_URL"):
-    return log_sinks.CloudEventSink(os.environ["RLOPS_LOG_URL"])
-  if os.environ.get("RLOPS_WAREHOUSE"):
-    return log_sinks.InProcessSink(os.environ["RLOPS_WAREHOUSE"])
-  raise RuntimeError("set RLOPS_LOG_URL or RLOPS_WAREHOUSE: where prediction logs go")
-
-
 def address_from_env() -> Tuple[str, int]:
   """(host, port) to bind: RLOPS_HOST (default 127.0.0.1) and AIP_HTTP_PORT (default 8080)."""
   return os.environ.get("RLOPS_HOST", "127.0.0.1"), int(os.environ.get("AIP_HTTP_PORT", "8080"))
@@ -600,7 +591,7 @@ def app_from_env() -> fastapi.FastAPI:
     raise RuntimeError("AIP_STORAGE_URI is not set: the model directory to serve")
   outbox = os.environ.get("RLOPS_OUTBOX",
                           os.path.join(tempfile.gettempdir(), "rlops-outbox.jsonl"))
-  return create_app(model_uri, sink_from_env(), outbox_path=outbox,
+  return create_app(model_uri, log_sinks.sink_from_env(), outbox_path=outbox,
                     predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
                     health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"))
 

@@ -1,7 +1,7 @@
 """Evaluator: the gate. Off-policy value estimates of a candidate against the blessed model."""
 from typing import Optional
 
-from tfx.dsl.components.base import base_component
+from tfx.dsl.components.base import base_beam_component
 from tfx.dsl.components.base import executor_spec
 from tfx.types import channel
 from tfx.types import component_spec
@@ -26,7 +26,7 @@ class EvaluatorSpec(component_spec.ComponentSpec):
   }
 
 
-class Evaluator(base_component.BaseComponent):
+class Evaluator(base_beam_component.BaseBeamComponent):
   """Estimates the candidate's value (IPS, SNIPS, doubly robust, bootstrap intervals)
   on the `eval` split, and its true value against the simulation's oracle.
 
@@ -37,7 +37,8 @@ class Evaluator(base_component.BaseComponent):
   writes them, so `LatestBlessedModelStrategy` and `Pusher` work unchanged.
   """
   SPEC_CLASS = EvaluatorSpec
-  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+  # A Beam executor spec because its executor derives from TFX's (Beam) Evaluator executor.
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
   def __init__(self, examples: channel.BaseChannel, model: channel.BaseChannel, config: Config,
                baseline_model: Optional[channel.BaseChannel] = None):

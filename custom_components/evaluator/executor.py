@@ -7,7 +7,7 @@ import absl.logging
 import numpy as np
 from tfx import types
 from tfx.components.evaluator import constants
-from tfx.dsl.components.base import base_executor
+from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
@@ -58,8 +58,13 @@ def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], metrics, tolerance
   return blessed, reasons
 
 
-class Executor(base_executor.BaseExecutor):
-  """Evaluates the candidate and its baseline on the eval split and writes the blessing."""
+class Executor(evaluator_executor.Executor):
+  """Evaluates the candidate and its baseline on the eval split and writes the blessing.
+
+  Subclasses TFX's Evaluator executor only for its identity: on Vertex, the
+  container entrypoint rewrites `current_model_id` into the managed-MLMD name
+  that `LatestBlessedModelStrategy` matches, for Evaluator executors alone.
+  """
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],

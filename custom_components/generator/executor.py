@@ -93,8 +93,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
            | "Simulate" >> beam.ParDo(_SimulateChunk(exec_properties["config"], event_time, prefix))
            | "Write" >> beam.ParDo(_WriteToWarehouse(path)))
     interactions = artifact_utils.get_single_instance(output_dict["interactions"])
-    interactions.record_count = samples
-    interactions.event_time = event_time
-    interactions.warehouse = path
+    interactions.set_int_custom_property("record_count", samples)
+    interactions.set_float_custom_property("event_time", event_time)
+    interactions.set_string_custom_property("warehouse", path)
     interactions.set_string_custom_property("logging_policy", LOGGING_POLICY)
     interactions.set_string_custom_property("request_id_prefix", prefix)

@@ -21,7 +21,7 @@ def test_logs_every_record_once_with_the_reward_of_its_own_user(tmp_path):
   samples = config.pipeline.samples
   expected_ids = [executor.request_id("gen-1000", index) for index in range(samples)]
   assert sorted(records["request_id"]) == expected_ids  # no duplicates, no gaps
-  assert interactions.record_count == samples
+  assert interactions.get_int_custom_property("record_count") == samples
   model = environment.MovieLensModel.from_config(config)
   np.testing.assert_allclose(records["propensity"], 1.0 / model.num_movies)
   # Each reward is the approximate rating of exactly the user whose context was logged.

@@ -80,25 +80,16 @@ def run_simulation(endpoint_url: str, model: environment.MovieLensModel, request
   }
 
 
-def sink_from_env() -> log_sinks.LogSink:
-  """LOGGER_URL: post CloudEvents to a Logger; else RLOPS_WAREHOUSE: write in process."""
-  if os.environ.get("LOGGER_URL"):
-    return log_sinks.CloudEventSink(os.environ["LOGGER_URL"])
-  if os.environ.get("RLOPS_WAREHOUSE"):
-    return log_sinks.InProcessSink(os.environ["RLOPS_WAREHOUSE"])
-  raise RuntimeError("set LOGGER_URL or RLOPS_WAREHOUSE")
-
-
 @functions_framework.cloud_event
 def simulate(cloud_event) -> None:
   """Cloud Function entry point: one scheduled round of simulated traffic.
 
   Env: ENDPOINT_URL, RLOPS_CONFIG (Config JSON), SIMULATOR_REQUESTS (default 100),
-  and the sink (see `sink_from_env`).
+  and where feedback goes (`rlops.log_sinks.sink_from_env`).
   """
   del cloud_event  # The schedule's tick carries no parameters.
   config = Config.from_json(os.environ["RLOPS_CONFIG"]).validate()
   summary = run_simulation(os.environ["ENDPOINT_URL"], environment.MovieLensModel.from_config(config),
-                           int(os.environ.get("SIMULATOR_REQUESTS", "100")), sink_from_env(),
+                           int(os.environ.get("SIMULATOR_REQUESTS", "100")), log_sinks.sink_from_env(),
                            seed=int(time.time()))
   print(json.dumps(summary))
