@@ -3,7 +3,6 @@ from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
-from tfx.dsl.components.base import base_component
 
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
@@ -85,17 +84,6 @@ def _parameter(name: str, ptype: type) -> tfx.dsl.experimental.RuntimeParameter:
   return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype)
 
 
-def _bind_parameter(component: base_component.BaseComponent, name: str, ptype: type) -> None:
-  """Binds exec property `name` to the pipeline parameter of that name.
-
-  For Trainer and Generator, whose constructors coerce these values with
-  float(); the type is checked against the spec as the constructor would.
-  """
-  parameter = _parameter(name, ptype)
-  component.spec.PARAMETERS[name].type_check(name, parameter)
-  component.exec_properties[name] = parameter
-
-
 def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
                     window_begin: Optional[float] = None, window_end: Optional[float] = None, *,
                     pipeline_root: str, warehouse: str, push_directory: Optional[str] = None,
@@ -136,20 +124,19 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
   if target == LOCAL:
     ingester = SqliteExampleGen(query=warehouse_lib.training_query(window_begin, window_end),
                                 warehouse_path=warehouse, span=span, output_config=OUTPUT_CONFIG)
+    # Stamped just before the window's end, so the Ingester of this run reads them.
+    event_time, trained_window_end = window_end - 1, window_end
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
         input_config=_parameter(INPUT_CONFIG_PARAMETER, str), output_config=OUTPUT_CONFIG,
         range_config=_parameter(RANGE_CONFIG_PARAMETER, str))
-    # Placeholders until the Trainer's and Generator's values are bound to parameters below.
-    window_end = 0.0
+    event_time = _parameter(EVENT_TIME_PARAMETER, float)
+    trained_window_end = _parameter(WINDOW_END_PARAMETER, float)
   ingester = ingester.with_id("Ingester")
 
   components = []
   if mode == STARTUP:
-    # Stamped just before the span's end, so the Ingester of this run reads them.
-    generator = Generator(config, event_time=window_end - 1, warehouse=warehouse)
-    if target == VERTEX:
-      _bind_parameter(generator, EVENT_TIME_PARAMETER, float)
+    generator = Generator(config, event_time=event_time, warehouse=warehouse)
     ingester.add_upstream_node(generator)
     components.append(generator)
   latest_blessed = tfx.dsl.Resolver(
@@ -157,10 +144,9 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
   ).with_id("latest_blessed_model_resolver")
-  trainer = Trainer(examples=ingester.outputs["examples"], config=config, window_end=window_end,
+  trainer = Trainer(examples=ingester.outputs["examples"], config=config,
+                    window_end=trained_window_end,
                     base_model=latest_blessed.outputs["model"] if mode == RETRAIN else None)
-  if target == VERTEX:
-    _bind_parameter(trainer, WINDOW_END_PARAMETER, float)
   evaluator = Evaluator(examples=ingester.outputs["examples"], model=trainer.outputs["model"],
                         baseline_model=latest_blessed.outputs["model"], config=config)
   if target == LOCAL:

@@ -6,6 +6,7 @@ from tfx.types import component_spec
 
 from custom_components.artifacts import Interactions
 from custom_components.generator import executor
+from custom_components import parameters
 from rlops.config import Config
 
 
@@ -34,7 +35,8 @@ class Generator(base_beam_component.BaseBeamComponent):
   SPEC_CLASS = GeneratorSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-  def __init__(self, config: Config, event_time: float, warehouse: str):
+  def __init__(self, config: Config, event_time: parameters.FloatParameter,
+               warehouse: str):
     super().__init__(spec=GeneratorSpec(
-        config=config.to_json(), event_time=float(event_time), warehouse=warehouse,
+        config=config.to_json(), event_time=parameters.float_or_parameter(event_time), warehouse=warehouse,
         interactions=channel.Channel(type=Interactions)))

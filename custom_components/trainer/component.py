@@ -8,6 +8,7 @@ from tfx.types import component_spec
 from tfx.types import standard_artifacts
 
 from custom_components.trainer import executor
+from custom_components import parameters
 from rlops.config import Config
 
 
@@ -40,10 +41,11 @@ class Trainer(base_component.BaseComponent):
   SPEC_CLASS = TrainerSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, examples: channel.BaseChannel, config: Config, window_end: float,
+  def __init__(self, examples: channel.BaseChannel, config: Config,
+               window_end: parameters.FloatParameter,
                base_model: Optional[channel.BaseChannel] = None):
     super().__init__(spec=TrainerSpec(
         examples=examples, base_model=base_model, config=config.to_json(),
-        window_end=float(window_end),
+        window_end=parameters.float_or_parameter(window_end),
         model=channel.Channel(type=standard_artifacts.Model),
         model_run=channel.Channel(type=standard_artifacts.ModelRun)))

@@ -1,0 +1,10 @@
+"""Execution properties that are concrete locally and Vertex pipeline parameters in production."""
+from typing import Union
+
+from tfx.orchestration import data_types
+
+FloatParameter = Union[float, data_types.RuntimeParameter]
+
+
+def float_or_parameter(value: FloatParameter) -> FloatParameter:
+  return value if isinstance(value, data_types.RuntimeParameter) else float(value)
