@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from rlops import agents, environment, model_io, training  # pylint: disable=wrong-import-position
+from rlops import agents, model_io, simulation, training  # pylint: disable=wrong-import-position
 from rlops.config import Config, EnvironmentConfig, PipelineConfig  # pylint: disable=wrong-import-position
 from tfx_pipeline import local_runner  # pylint: disable=wrong-import-position
 
@@ -26,7 +26,7 @@ SETTINGS = {"default": EnvironmentConfig(num_movies=20, rank_k=20),
 
 def plain_script(config: Config) -> dict:
   start = time.perf_counter()
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   rng = np.random.default_rng(0)
   users = rng.integers(0, model.num_users, size=config.pipeline.samples)
   actions = rng.integers(0, model.num_movies, size=config.pipeline.samples).astype(np.int32)
@@ -41,7 +41,7 @@ def pipeline_run(config: Config) -> dict:
   start = time.perf_counter()
   result = local_runner.run(config, "startup")
   seconds = time.perf_counter() - start
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   agent, _ = model_io.load_agent(os.path.join(result["pushed_destination"]))
   greedy = training.evaluate_policy(agents.greedy_policy(agent), model, np.arange(model.num_users))
   return {"seconds": seconds, "greedy_regret": greedy["regret"], "blessed": result["blessed"],

@@ -40,6 +40,7 @@ from rlops import agents
 from rlops import environment
 from rlops import movielens
 from rlops import plots
+from rlops import simulation
 from rlops import training
 from rlops.config import AGENT_NAMES, AgentConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -96,7 +97,7 @@ class RegretRecorder:
     return regret
 
 
-def run_project_agent(name: str, model: environment.MovieLensModel, samples: int,
+def run_project_agent(name: str, model: simulation.MovieLensModel, samples: int,
                       seed: int) -> training.LearningCurve:
   """Trains the project's agent `name` online, batch 8, as `rlops train` does."""
   tf.random.set_seed(seed)
@@ -107,7 +108,7 @@ def run_project_agent(name: str, model: environment.MovieLensModel, samples: int
                                progress=True)
 
 
-def run_reference(model: environment.MovieLensModel, samples: int,
+def run_reference(model: simulation.MovieLensModel, samples: int,
                   seed: int) -> training.LearningCurve:
   """TF-Agents' example loop: driver into a replay buffer, `agent.train`, clear; per loop.
 
@@ -136,7 +137,7 @@ def run_reference(model: environment.MovieLensModel, samples: int,
                                 reward=np.concatenate(recorder.reward), seconds=seconds)
 
 
-def logged_data(model: environment.MovieLensModel, num: int,
+def logged_data(model: simulation.MovieLensModel, num: int,
                 seed: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Random users' contexts, uniformly random actions and their rewards."""
   rng = np.random.default_rng(seed)
@@ -145,7 +146,7 @@ def logged_data(model: environment.MovieLensModel, num: int,
   return model.observe(users), actions, model.reward(users, actions)
 
 
-def batch_throughput(model: environment.MovieLensModel, seed: int) -> Dict[str, dict]:
+def batch_throughput(model: simulation.MovieLensModel, seed: int) -> Dict[str, dict]:
   """Samples per second of `train_on_logged` (LinUCB, batch 4096) and of eager `agent.train`."""
   observations, actions, rewards = logged_data(model, LOGGED_BATCH_SIZE + LOGGED_SAMPLES, seed)
   env = environment.MovieLensEnvironment(model)
@@ -281,7 +282,7 @@ def main(argv=None) -> None:
   results = {}
   for name in args.settings:
     num_movies, rank_k = SETTINGS[name]
-    model = environment.MovieLensModel(ratings, num_movies, rank_k)
+    model = simulation.MovieLensModel(ratings, num_movies, rank_k)
     curves = {}
     for agent_name in args.agents:
       print(f"[{name}] {agent_name}", flush=True)

@@ -4,11 +4,12 @@ import json
 import os
 import pathlib
 import sys
+import time
 from typing import List, Optional
 
 from rlops import movielens
 from rlops.config import (AGENT_NAMES, AgentConfig, Config, ConfigError, DataConfig,
-                          EnvironmentConfig, PipelineConfig)
+                          EnvironmentConfig, GcpConfig, PipelineConfig)
 
 
 def _quiet_tensorflow() -> None:
@@ -41,6 +42,35 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                       help="retrain from scratch instead of from the latest blessed model")
 
 
+_GCP_OPTIONS = ("project", "region", "bucket", "dataset", "endpoint_name", "pipeline_image",
+                "serving_image", "service_account")
+
+
+def _add_gcp_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--gcp-config", default=None,
+                      help="JSON file of the gcp settings (GcpConfig fields); options below override it")
+  for name in _GCP_OPTIONS:
+    parser.add_argument(f"--{name.replace('_', '-')}", default=None)
+
+
+def gcp_from_args(args: argparse.Namespace) -> GcpConfig:
+  """GcpConfig from --gcp-config and the individual options; raises ConfigError."""
+  fields = {}
+  if args.gcp_config:
+    try:
+      with open(args.gcp_config) as f:
+        fields = json.load(f)
+    except (OSError, ValueError) as error:
+      raise ConfigError(f"cannot read --gcp-config {args.gcp_config}: {error}") from error
+  fields.update({name: getattr(args, name) for name in _GCP_OPTIONS if getattr(args, name)})
+  try:
+    gcp = GcpConfig(**fields)
+  except TypeError as error:
+    raise ConfigError(f"gcp settings: {error} (give them as options or in --gcp-config)") from error
+  gcp.validate()
+  return gcp
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
   """The validated `Config` of parsed arguments; raises ConfigError."""
   return Config(
@@ -51,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
       pipeline=PipelineConfig(samples=args.samples, gate_tolerance=args.gate_tolerance,
                               warm_start=not args.no_warm_start),
       workdir=args.workdir,
+      gcp=gcp_from_args(args) if hasattr(args, "gcp_config") else None,
   ).validate()
 
 
@@ -58,8 +89,8 @@ def _train(config: Config, samples: int) -> dict:
   """Trains the configured agent online on the simulation; writes a report and a plot."""
   _quiet_tensorflow()
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from rlops import agents, environment, plots, training  # pylint: disable=import-outside-toplevel
-  model = environment.MovieLensModel.from_config(config)
+  from rlops import agents, environment, plots, simulation, training  # pylint: disable=import-outside-toplevel
+  model = simulation.MovieLensModel.from_config(config)
   env = environment.MovieLensEnvironment(model, batch_size=config.environment.batch_size,
                                          seed=config.environment.seed)
   agent = agents.create_agent(config.agent, env.time_step_spec(), env.action_spec())
@@ -177,12 +208,49 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
   if args.requests < 1 or (args.rate is not None and args.rate <= 0):
     raise ConfigError("--requests and --rate must be positive")
   from functions.simulator import main as simulator  # pylint: disable=import-outside-toplevel
-  from rlops import environment  # pylint: disable=import-outside-toplevel
-  summary = simulator.run_simulation(args.url, environment.MovieLensModel.from_config(config),
+  from rlops import simulation  # pylint: disable=import-outside-toplevel
+  summary = simulator.run_simulation(args.url, simulation.MovieLensModel.from_config(config),
                                      args.requests, _sink(args, config), rate=args.rate,
                                      seed=config.environment.seed, progress=True)
   print(json.dumps(summary, indent=2))
   return 0 if summary["errors"] == 0 else 1
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  _quiet_tensorflow()
+  from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
+  modes = ("startup", "retrain") if args.mode == "both" else (args.mode,)
+  for mode in modes:
+    output = args.output
+    if len(modes) > 1:
+      stem, extension = os.path.splitext(args.output)
+      output = f"{stem}-{mode}{extension or '.json'}"
+    print(f"{mode}: {vertex_runner.compile_pipeline(config, mode, output)}")
+  return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
+  if args.window_end is not None:
+    window = {"span": args.span, "begin": args.window_begin, "end": args.window_end}
+  elif args.mode == "startup":
+    window = {"span": 1, "begin": 0.0, "end": float(int(time.time()))}
+  elif args.dry_run:
+    raise ConfigError("a retraining dry run needs --span, --window-begin and --window-end "
+                      "(a real submission reads the last trained window from Vertex ML Metadata)")
+  else:
+    window = vertex_runner.next_window(config.gcp)
+  request = vertex_runner.job_request(config.gcp, config.pipeline.name, args.template, args.mode,
+                                      window, window["span"], enable_caching=args.cache)
+  if args.dry_run:
+    print(vertex_runner.describe(request))
+    return 0
+  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name, "retrain"):
+    raise ConfigError("a retraining run is queued or running: not submitting another")
+  print(f"submitted {vertex_runner.submit(request)}")
+  return 0
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
@@ -277,6 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("mode", choices=("startup", "retrain"))
   _add_config_arguments(pipeline)
   pipeline.set_defaults(handler=_cmd_pipeline)
+
+  compile_ = commands.add_parser("compile", help="compile the pipelines for Vertex Pipelines")
+  compile_.add_argument("--target", choices=("vertex",), default="vertex")
+  compile_.add_argument("--mode", choices=("startup", "retrain", "both"), default="both")
+  compile_.add_argument("--output", required=True,
+                        help="pipeline JSON; with --mode both, -startup and -retrain are added")
+  _add_config_arguments(compile_)
+  _add_gcp_arguments(compile_)
+  compile_.set_defaults(handler=_cmd_compile)
+
+  submit = commands.add_parser("submit", help="submit a compiled pipeline to Vertex Pipelines")
+  submit.add_argument("mode", choices=("startup", "retrain"))
+  submit.add_argument("--template", required=True, help="compiled pipeline JSON (local or gs://)")
+  submit.add_argument("--dry-run", action="store_true", help="print exactly what would be sent")
+  submit.add_argument("--cache", action="store_true", help="enable Vertex caching (default: off)")
+  submit.add_argument("--span", type=int, default=1)
+  submit.add_argument("--window-begin", type=float, default=0.0)
+  submit.add_argument("--window-end", type=float, default=None,
+                      help="default: startup [0, now); retrain after the last trained window")
+  _add_config_arguments(submit)
+  _add_gcp_arguments(submit)
+  submit.set_defaults(handler=_cmd_submit)
 
   lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
   lineage.add_argument("--model", default="latest", help="'latest' pushed, or an artifact id")

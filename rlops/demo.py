@@ -9,7 +9,7 @@ import httpx
 
 from functions.simulator import main as simulator
 from functions.trigger import main as trigger
-from rlops import environment, log_sinks, model_io, plots, server, traffic
+from rlops import log_sinks, model_io, plots, server, simulation, traffic
 from rlops.config import Config
 from tfx_pipeline import local_runner
 
@@ -22,7 +22,7 @@ def _wait_for_version(url: str, version: str, timeout: float = 60.0) -> None:
     time.sleep(0.2)
 
 
-def expected_regret(model: environment.MovieLensModel, directory: str) -> float:
+def expected_regret(model: simulation.MovieLensModel, directory: str) -> float:
   """The serving policy's exact expected regret over all simulated users (no sampling noise)."""
   probabilities = model_io.probabilities(model_io.load_serving_policy(directory), model.user_vectors)
   return float((model.optimal_rewards - (probabilities * model.approx_ratings).sum(axis=1)).mean())
@@ -40,7 +40,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
   """Runs the loop; returns the startup outcome and one row per round."""
   paths = local_runner.LocalPaths(config.workdir)
   startup = local_runner.run(config, "startup")
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   sink = log_sinks.InProcessSink(paths.warehouse)
   app = server.create_app(paths.serving, sink, outbox_path=os.path.join(config.workdir, "outbox.jsonl"),
                           poll_seconds=0.5, seed=config.environment.seed)

@@ -9,16 +9,16 @@ from tf_agents.drivers import dynamic_step_driver
 from tf_agents.environments import tf_py_environment
 from tf_agents.policies import random_tf_policy
 
-from rlops import environment, testing
+from rlops import environment, simulation, testing
 
 
 def test_full_rank_reproduces_the_ratings_and_lower_rank_approximates():
   ratings = testing.small_ratings()
-  exact = environment.MovieLensModel(ratings, num_movies=10, rank_k=10)
+  exact = simulation.MovieLensModel(ratings, num_movies=10, rank_k=10)
   observed = ratings.to_matrix(10)[exact.user_ids - 1]
   np.testing.assert_allclose(exact.approx_ratings, observed, atol=1e-4)
   assert exact.reconstruction_rmse < 1e-5
-  low = environment.MovieLensModel(ratings, num_movies=10, rank_k=3)
+  low = simulation.MovieLensModel(ratings, num_movies=10, rank_k=3)
   assert low.reconstruction_rmse > 0.1
   np.testing.assert_allclose(low.approx_ratings, low.user_vectors @ low.movie_vectors.T, atol=1e-4)
 
@@ -32,7 +32,7 @@ def test_users_without_ratings_are_dropped():
 
 def test_rank_must_fit():
   with pytest.raises(ValueError, match="rank_k must be between 1 and num_movies"):
-    environment.MovieLensModel(testing.small_ratings(), num_movies=5, rank_k=6)
+    simulation.MovieLensModel(testing.small_ratings(), num_movies=5, rank_k=6)
 
 
 def test_reward_is_the_approximate_rating_of_that_user_and_movie():

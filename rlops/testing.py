@@ -1,7 +1,7 @@
 """Small, fast fixtures shared by tests: a seeded MovieLens-shaped set and its bandit model."""
 import functools
 
-from rlops import environment, movielens
+from rlops import movielens, simulation
 
 
 @functools.lru_cache(maxsize=None)
@@ -10,5 +10,5 @@ def small_ratings(seed: int = 0) -> movielens.Ratings:
 
 
 @functools.lru_cache(maxsize=None)
-def small_model(num_movies: int = 10, rank_k: int = 4) -> environment.MovieLensModel:
-  return environment.MovieLensModel(small_ratings(), num_movies=num_movies, rank_k=rank_k)
+def small_model(num_movies: int = 10, rank_k: int = 4) -> simulation.MovieLensModel:
+  return simulation.MovieLensModel(small_ratings(), num_movies=num_movies, rank_k=rank_k)

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from rlops import agents, environment, model_io
+from rlops import agents, model_io, simulation
 from rlops import warehouse as warehouse_lib
 
 
@@ -20,7 +20,7 @@ def latest_version(serving_directory: str) -> str:
   return max(versions, key=lambda name: int(name.strip("/"))).strip("/")
 
 
-def log_policy_traffic(model: environment.MovieLensModel, serving_directory: str,
+def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
                        warehouse: warehouse_lib.Warehouse, requests: int, seed: int = 0) -> dict:
   """Serves `requests` simulated users with the newest pushed policy and logs each
   prediction (context, action, exact propensity, version) and its reward."""

@@ -124,6 +124,11 @@ def _feedback_values(row: Mapping[str, Any]) -> tuple:
   return (_text(row, "request_id"), _finite(row, "event_time"), _finite(row, "reward"))
 
 
+def count_query(begin: float, end: float, table_prefix: str = "") -> str:
+  """SQL counting the rows of `training_query`: the Trigger's question, on either store."""
+  return f"SELECT COUNT(*) AS records FROM ({training_query(begin, end, table_prefix)})"
+
+
 class Warehouse:
   """The SQLite warehouse; safe to share between threads and processes.
 
@@ -194,7 +199,7 @@ class Warehouse:
 
   def count_rewarded(self, begin: float = 0.0, end: float = float("inf")) -> int:
     """Number of predictions with feedback and begin <= event_time < end."""
-    return self._query(f"SELECT COUNT(*) FROM ({training_query(begin, end)})")[0][0]
+    return self._query(count_query(begin, end))[0][0]
 
   def rewarded_records(self, begin: float = 0.0,
                        end: float = float("inf")) -> Dict[str, np.ndarray]:

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from rlops import cli, environment
+from rlops import cli, simulation
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig
 from tfx_pipeline import local_runner
@@ -28,7 +28,7 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
   # Every served prediction was logged once, and its feedback is the reward of exactly the
   # user whose context was sent, for exactly the movie returned.
   config = Config(data=DataConfig(seed=6), environment=EnvironmentConfig(num_movies=10, rank_k=5))
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   store = warehouse_lib.Warehouse(local_runner.LocalPaths(str(workdir)).warehouse)
   records = store.rewarded_records()
   served = records["model_version"] != "uniform-random"

@@ -5,7 +5,7 @@ import uuid
 
 import numpy as np
 
-from rlops import environment, traffic
+from rlops import simulation, traffic
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 from tfx_pipeline import local_runner, metadata
@@ -17,7 +17,7 @@ RETRAIN_NODES = STARTUP_NODES - {"Generator"}
 
 def _log_shuffled_rewards(config: Config, count: int) -> None:
   """A logging bug: uniform-random interactions whose rewards belong to other records."""
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   rng = np.random.default_rng(5)
   users = rng.integers(0, model.num_users, size=count)
   actions = rng.integers(0, model.num_movies, size=count)
@@ -60,7 +60,7 @@ def test_startup_then_retraining_with_gate_and_lineage(tmp_path):
   assert evaluation["candidate"]["oracle"]["value"] > evaluation["baseline"]["oracle"]["value"] + 0.3
 
   time.sleep(1)
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   with_traffic = warehouse_lib.Warehouse(paths.warehouse)
   traffic.log_policy_traffic(model, paths.serving, with_traffic, requests=2000)
   with_traffic.close()

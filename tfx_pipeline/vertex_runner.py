@@ -21,12 +21,15 @@ The parameters (names as in `tfx_pipeline.pipeline`):
 
 Only `compile_pipeline` imports TFX: a submitter (the Trigger function) fills
 the parameters with this module, `rlops.config` and `rlops.warehouse` alone.
+The Vertex AI calls below import `aiplatform` only when made, and take a
+stand-in module so tests can assert on the exact requests.
 """
 import json
 import math
 import numbers
 import os
-from typing import Any, Dict, Mapping
+import time
+from typing import Any, Dict, List, Mapping, Optional
 
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, ConfigError, GcpConfig
@@ -101,3 +104,88 @@ def compile_pipeline(config: Config, mode: str, output_path: str) -> str:
       output_dir=output_dir, output_filename=output_filename)
   runner.run(pipeline)
   return os.path.join(output_dir, output_filename)
+
+
+def _aiplatform(module):
+  if module is not None:
+    return module
+  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  return aiplatform
+
+
+RUNNING_STATES = ("PIPELINE_STATE_QUEUED", "PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING")
+
+
+def _aiplatform(module):
+  if module is not None:
+    return module
+  from google.cloud import aiplatform  # pylint: disable=import-outside-toplevel
+  return aiplatform
+
+
+def display_name(pipeline_name: str, mode: str) -> str:
+  return f"{pipeline_name}-{mode}"
+
+
+def job_request(gcp: GcpConfig, pipeline_name: str, template_path: str, mode: str,
+                window: Dict[str, float], span: int, enable_caching: bool = False) -> Dict[str, Any]:
+  """The arguments of `aiplatform.PipelineJob(...)` and `.submit(...)` for one run."""
+  return {
+      "job": {
+          "display_name": display_name(pipeline_name, mode),
+          "template_path": template_path,
+          "pipeline_root": gcp.pipeline_root,
+          "parameter_values": pipeline_parameters(window, span, gcp=gcp, mode=mode),
+          "enable_caching": enable_caching,
+          "project": gcp.project,
+          "location": gcp.region,
+          "labels": {"rlops-mode": mode, "rlops-span": str(span)},
+      },
+      "submit": {"service_account": gcp.service_account},
+  }
+
+
+def submit(request: Dict[str, Any], aiplatform=None) -> str:
+  """Submits a `job_request`; returns the job's resource name."""
+  job = _aiplatform(aiplatform).PipelineJob(**request["job"])
+  job.submit(**request["submit"])
+  return job.resource_name
+
+
+def running_jobs(gcp: GcpConfig, pipeline_name: str, mode: str, aiplatform=None) -> List[str]:
+  """Resource names of this pipeline's `mode` runs that are queued or running."""
+  states = " OR ".join(f'state="{state}"' for state in RUNNING_STATES)
+  jobs = _aiplatform(aiplatform).PipelineJob.list(
+      filter=f'display_name="{display_name(pipeline_name, mode)}" AND ({states})',
+      project=gcp.project, location=gcp.region)
+  return [job.resource_name for job in jobs]
+
+
+def last_trained_window(gcp: GcpConfig, aiplatform=None) -> Dict[str, float]:
+  """{"span", "end"} of the newest window a Trainer recorded in Vertex ML Metadata.
+
+  The Trainer writes `window_end` (and `span`) as custom properties of its Model
+  artifact; TFX on Vertex stores them in the artifact's metadata.
+  """
+  artifacts = _aiplatform(aiplatform).Artifact.list(
+      filter='schema_title="tfx.Model"', project=gcp.project, location=gcp.region)
+  windows = [(float(a.metadata["window_end"]), int(a.metadata.get("span", 0)))
+             for a in artifacts if "window_end" in (a.metadata or {})]
+  if not windows:
+    return {"span": 0, "end": 0.0}
+  end, span = max(windows)
+  return {"span": span, "end": end}
+
+
+def next_window(gcp: GcpConfig, aiplatform=None, now: Optional[float] = None) -> Dict[str, Any]:
+  """The next span and its window [begin, end): from the last trained end to the last whole second."""
+  last = last_trained_window(gcp, aiplatform)
+  end = float(int(now if now is not None else time.time()))
+  if end <= last["end"]:
+    raise ValueError(f"no time has passed since the last trained window ended at {last['end']}")
+  return {"span": last["span"] + 1, "begin": last["end"], "end": end}
+
+
+def describe(request: Dict[str, Any]) -> str:
+  """`request` as the JSON `--dry-run` prints."""
+  return json.dumps(request, indent=2, sort_keys=True)

@@ -13,15 +13,15 @@ from tfx.utils import io_utils
 from tfx.utils import path_utils
 
 from custom_components import examples_io
-from rlops import environment
 from rlops import model_io
 from rlops import off_policy
+from rlops import simulation
 from rlops.config import Config
 
 EVALUATION_FILE = "evaluation.json"
 
 
-def _policy_report(directory: str, records: Dict[str, np.ndarray], model: environment.MovieLensModel,
+def _policy_report(directory: str, records: Dict[str, np.ndarray], model: simulation.MovieLensModel,
                    config: Config) -> Dict[str, Any]:
   """Off-policy estimates on the logged records and the true value over all simulated users."""
   policy = model_io.load_serving_policy(directory)
@@ -35,7 +35,7 @@ def _policy_report(directory: str, records: Dict[str, np.ndarray], model: enviro
   return report
 
 
-def _logging_policy_report(records: Dict[str, np.ndarray], model: environment.MovieLensModel) -> Dict[str, Any]:
+def _logging_policy_report(records: Dict[str, np.ndarray], model: simulation.MovieLensModel) -> Dict[str, Any]:
   """The baseline when nothing is blessed yet: the policy that logged the data.
 
   Its on-policy value is the mean logged reward; the oracle value is taken for
@@ -72,7 +72,7 @@ class Executor(evaluator_executor.Executor):
     config = Config.from_json(exec_properties["config"])
     examples = artifact_utils.get_single_instance(input_dict["examples"])
     records = examples_io.read_split(examples, "eval", config.environment.rank_k)
-    simulation = environment.MovieLensModel.from_config(config)
+    simulation = simulation.MovieLensModel.from_config(config)
     candidate = artifact_utils.get_single_instance(input_dict["model"])
     baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
 

@@ -10,7 +10,7 @@ from tfx.utils import path_utils
 from custom_components import testing_utils
 from custom_components.artifacts import PolicyEvaluation
 from custom_components.evaluator import executor
-from rlops import environment, model_io, training
+from rlops import model_io, simulation, training
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, PipelineConfig
 
 CONFIG = Config(data=DataConfig(seed=0), environment=EnvironmentConfig(num_movies=10, rank_k=4),
@@ -38,7 +38,7 @@ def _evaluate(tmp_path, candidate, baseline, eval_records):
 
 
 def test_a_worse_candidate_is_not_blessed(tmp_path):
-  model = environment.MovieLensModel.from_config(CONFIG)  # the simulation the Evaluator knows
+  model = simulation.MovieLensModel.from_config(CONFIG)  # the simulation the Evaluator knows
   good = _model(tmp_path, "good", testing_utils.logged_records(model, 3000, seed=1), model_id=7)
   shuffled = testing_utils.logged_records(model, 3000, seed=2)
   shuffled["reward"] = shuffled["reward"][::-1].copy()

@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlops import environment, log_sinks
+from rlops import log_sinks, simulation
 from rlops.config import Config
 
 
-def run_simulation(endpoint_url: str, model: environment.MovieLensModel, requests: int,
+def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
                    feedback_batch: int = 200, progress: bool = False) -> Dict[str, Any]:
@@ -89,7 +89,7 @@ def simulate(cloud_event) -> None:
   """
   del cloud_event  # The schedule's tick carries no parameters.
   config = Config.from_json(os.environ["RLOPS_CONFIG"]).validate()
-  summary = run_simulation(os.environ["ENDPOINT_URL"], environment.MovieLensModel.from_config(config),
+  summary = run_simulation(os.environ["ENDPOINT_URL"], simulation.MovieLensModel.from_config(config),
                            int(os.environ.get("SIMULATOR_REQUESTS", "100")), log_sinks.sink_from_env(),
                            seed=int(time.time()))
   print(json.dumps(summary))

@@ -1,8 +1,10 @@
 """Trigger function: starts the retraining pipeline once enough new rewarded records
 have arrived since the last trained window, and never while a retraining runs.
 
-Locally the pipeline runs with LocalDagRunner (`tfx_pipeline.local_runner`);
-production submits a Vertex PipelineJob instead.
+Locally the pipeline runs with LocalDagRunner (`tfx_pipeline.local_runner`) under a
+file lock. In production (a config with a gcp section) it counts the records in
+BigQuery with the same SQL and submits the compiled retraining pipeline to Vertex
+Pipelines unless one is queued or running.
 """
 import contextlib
 import fcntl
@@ -14,7 +16,7 @@ import functions_framework
 
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config
-from tfx_pipeline import local_runner, metadata
+from tfx_pipeline import vertex_runner
 
 LOCK_FILE = "retrain.lock"
 
@@ -37,6 +39,8 @@ def _exclusive(workdir: str) -> Iterator[bool]:
 
 def new_rewarded_records(config: Config) -> Dict[str, Any]:
   """Rewarded records in the window the next retraining would read."""
+  # TFX is needed only by the local path: the deployed function runs without it.
+  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
   paths = local_runner.LocalPaths(config.workdir)
   window = local_runner.next_window(metadata.connect(paths.metadata))
   store = warehouse_lib.Warehouse(paths.warehouse)
@@ -57,15 +61,43 @@ def maybe_retrain(config: Config, threshold: int) -> Dict[str, Any]:
     if waiting["count"] < threshold:
       return {"started": False, "new_records": waiting["count"],
               "reason": f"{waiting['count']} new rewarded records, fewer than {threshold}"}
+    from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
     result = local_runner.run(config, "retrain")
     return {"started": True, "new_records": waiting["count"], "result": result}
 
 
+def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
+                            aiplatform=None, bigquery_client=None) -> Dict[str, Any]:
+  """Production: submits the compiled retraining pipeline if `threshold` new rewarded
+  records are in BigQuery and no retraining is queued or running."""
+  gcp = config.gcp
+  running = vertex_runner.running_jobs(gcp, config.pipeline.name, "retrain", aiplatform)
+  if running:
+    return {"started": False, "reason": f"a retraining run is in progress: {running[0]}"}
+  window = vertex_runner.next_window(gcp, aiplatform)
+  if bigquery_client is None:
+    from google.cloud import bigquery  # pylint: disable=import-outside-toplevel
+    bigquery_client = bigquery.Client(project=gcp.project)
+  sql = warehouse_lib.count_query(window["begin"], window["end"], gcp.table_prefix)
+  count = next(iter(bigquery_client.query(sql).result()))["records"]
+  if count < threshold:
+    return {"started": False, "new_records": count,
+            "reason": f"{count} new rewarded records, fewer than {threshold}"}
+  request = vertex_runner.job_request(gcp, config.pipeline.name, template_path, "retrain",
+                                      window, window["span"])
+  return {"started": True, "new_records": count, "job": vertex_runner.submit(request, aiplatform)}
+
+
 @functions_framework.cloud_event
 def trigger(cloud_event) -> Optional[Dict[str, Any]]:
-  """Cloud Function entry point on the scheduler's tick. Env: RLOPS_CONFIG, RETRAIN_THRESHOLD."""
+  """Cloud Function entry point on the scheduler's tick. Env: RLOPS_CONFIG, RETRAIN_THRESHOLD,
+  and in production RETRAIN_TEMPLATE (the compiled retraining pipeline, gs://...)."""
   del cloud_event
   config = Config.from_json(os.environ["RLOPS_CONFIG"]).validate()
-  outcome = maybe_retrain(config, int(os.environ.get("RETRAIN_THRESHOLD", "1000")))
+  threshold = int(os.environ.get("RETRAIN_THRESHOLD", "1000"))
+  if config.gcp is not None:
+    outcome = maybe_submit_retraining(config, threshold, os.environ["RETRAIN_TEMPLATE"])
+  else:
+    outcome = maybe_retrain(config, threshold)
   print(json.dumps({k: v for k, v in outcome.items() if k != "result"}))
   return outcome
