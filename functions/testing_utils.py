@@ -43,3 +43,7 @@ def functions_framework(source: str, target: str, env: Dict[str, str],
   finally:
     process.terminate()
     process.wait(timeout=10)
+
+
+def post(url: str, headers: Dict[str, str], body: dict, timeout: float = 120.0) -> httpx.Response:
+  return httpx.post(url, headers=headers, json=body, timeout=timeout)

@@ -1,5 +1,6 @@
 """The `rlops` command line."""
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -253,6 +254,23 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  from rlops import deploy  # pylint: disable=import-outside-toplevel
+  gcp_path = args.gcp_config
+  if not gcp_path:
+    gcp_path = os.path.join("build", "gcp.json")
+    os.makedirs("build", exist_ok=True)
+    with open(gcp_path, "w") as f:
+      json.dump(dataclasses.asdict(config.gcp), f, indent=2)
+  settings = deploy.DeploySettings(
+      simulator_schedule=args.simulator_schedule, simulator_requests=args.simulator_requests,
+      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold,
+      gcp_config_path=gcp_path)
+  deploy.deploy(config, settings, dry_run=args.dry_run)
+  return 0
+
+
 def _cmd_lineage(args: argparse.Namespace) -> int:
   _quiet_tensorflow()
   from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
@@ -367,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_arguments(submit)
   _add_gcp_arguments(submit)
   submit.set_defaults(handler=_cmd_submit)
+
+  deploy = commands.add_parser("deploy", help="deploy the production loop on Google Cloud "
+                                "(topics, tables, functions, schedules, endpoint, pipelines)")
+  deploy.add_argument("--dry-run", action="store_true", help="print the commands, run none")
+  deploy.add_argument("--simulator-schedule", default="*/5 * * * *")
+  deploy.add_argument("--simulator-requests", type=int, default=200)
+  deploy.add_argument("--trigger-schedule", default="*/15 * * * *")
+  deploy.add_argument("--retrain-threshold", type=int, default=1000)
+  _add_config_arguments(deploy)
+  _add_gcp_arguments(deploy)
+  deploy.set_defaults(handler=_cmd_deploy)
 
   lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
   lineage.add_argument("--model", default="latest", help="'latest' pushed, or an artifact id")

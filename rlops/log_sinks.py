@@ -1,7 +1,9 @@
-"""Where logs go: the Logger function in process, or over HTTP as a Pub/Sub CloudEvent."""
+"""Where logs go: to the Logger function via Pub/Sub, as a CloudEvent over HTTP, or in process."""
 import base64
 import json
 import os
+import re
+import threading
 import time
 import uuid
 from typing import Any, Dict, Protocol
@@ -9,6 +11,7 @@ from typing import Any, Dict, Protocol
 import httpx
 
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+_TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 
 
 class LogSink(Protocol):
@@ -18,15 +21,48 @@ class LogSink(Protocol):
     ...
 
 
-class InProcessSink:
-  """Calls the Logger function's code directly, writing to a local warehouse."""
+def encode_message(message: Dict[str, Any]) -> bytes:
+  """A message as the data of a Pub/Sub message: JSON in UTF-8."""
+  return json.dumps(message).encode()
 
-  def __init__(self, warehouse_path: str):
-    self.warehouse_path = warehouse_path
+
+class InProcessSink:
+  """Calls the Logger function's code directly, writing to a SQLite path or bq:// warehouse."""
+
+  def __init__(self, warehouse_uri: str):
+    self.warehouse_uri = warehouse_uri
 
   def deliver(self, message: Dict[str, Any]) -> None:
     from functions.logger import main as logger  # pylint: disable=import-outside-toplevel
-    logger.write_message(message, self.warehouse_path)
+    logger.write_message(message, self.warehouse_uri)
+
+
+class PubSubSink:
+  """Publishes each message to the Pub/Sub topic the Logger function is triggered by.
+
+  `deliver` waits until Pub/Sub has the message and raises otherwise, so the
+  caller (the endpoint's outbox) retries. The PublisherClient is created on
+  first delivery.
+  """
+
+  def __init__(self, topic_path: str, publisher=None, timeout: float = 60.0):
+    if not _TOPIC_RE.fullmatch(topic_path):
+      raise ValueError(f"a Pub/Sub topic is projects/PROJECT/topics/TOPIC, got {topic_path!r}")
+    self.topic_path = topic_path
+    self._publisher = publisher
+    self._timeout = timeout
+    self._lock = threading.Lock()
+
+  def _client(self):
+    with self._lock:
+      if self._publisher is None:
+        from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+        self._publisher = pubsub_v1.PublisherClient()
+      return self._publisher
+
+  def deliver(self, message: Dict[str, Any]) -> None:
+    future = self._client().publish(self.topic_path, data=encode_message(message))
+    future.result(timeout=self._timeout)
 
 
 def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/topics/rlops-logs"):
@@ -38,7 +74,7 @@ def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/top
       "ce-time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "content-type": "application/json",
   }
-  body = {"message": {"data": base64.b64encode(json.dumps(message).encode()).decode(),
+  body = {"message": {"data": base64.b64encode(encode_message(message)).decode(),
                       "messageId": message_id, "attributes": {}},
           "subscription": "projects/local/subscriptions/rlops-logger"}
   return headers, body
@@ -58,9 +94,16 @@ class CloudEventSink:
 
 
 def sink_from_env() -> LogSink:
-  """RLOPS_LOG_URL: a Logger served over HTTP; else RLOPS_WAREHOUSE: its code in process."""
+  """The sink named by the first of these variables that is set.
+
+  RLOPS_LOG_TOPIC: "projects/P/topics/T", Pub/Sub to the Logger function (production).
+  RLOPS_LOG_URL: a Logger function served over HTTP.
+  RLOPS_WAREHOUSE: the Logger's code in process, writing to this warehouse.
+  """
+  if os.environ.get("RLOPS_LOG_TOPIC"):
+    return PubSubSink(os.environ["RLOPS_LOG_TOPIC"])
   if os.environ.get("RLOPS_LOG_URL"):
     return CloudEventSink(os.environ["RLOPS_LOG_URL"])
   if os.environ.get("RLOPS_WAREHOUSE"):
     return InProcessSink(os.environ["RLOPS_WAREHOUSE"])
-  raise RuntimeError("set RLOPS_LOG_URL or RLOPS_WAREHOUSE: where logs go")
+  raise RuntimeError("set RLOPS_LOG_TOPIC, RLOPS_LOG_URL or RLOPS_WAREHOUSE: where logs go")

@@ -107,7 +107,12 @@ def _check_columns(row: Mapping[str, Any], columns: Iterable[str]) -> None:
     raise _bad(row, f"missing column(s) {', '.join(missing)}")
 
 
-def _prediction_values(row: Mapping[str, Any]) -> tuple:
+def prediction_values(row: Mapping[str, Any]) -> tuple:
+  """A validated prediction row's values in PREDICTION_COLUMNS order, observation as JSON text.
+
+  Raises:
+    ValueError: The row is malformed.
+  """
   _check_columns(row, PREDICTION_COLUMNS)
   action = row["action"]
   if isinstance(action, bool) or not isinstance(action, numbers.Integral) or action < 0:
@@ -119,7 +124,12 @@ def _prediction_values(row: Mapping[str, Any]) -> tuple:
           int(action), propensity, _text(row, "model_version"), _text(row, "source"))
 
 
-def _feedback_values(row: Mapping[str, Any]) -> tuple:
+def feedback_values(row: Mapping[str, Any]) -> tuple:
+  """A validated feedback row's values in FEEDBACK_COLUMNS order.
+
+  Raises:
+    ValueError: The row is malformed.
+  """
   _check_columns(row, FEEDBACK_COLUMNS)
   return (_text(row, "request_id"), _finite(row, "event_time"), _finite(row, "reward"))
 
@@ -181,7 +191,7 @@ class Warehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._insert("predictions", PREDICTION_COLUMNS, [_prediction_values(row) for row in rows])
+    return self._insert("predictions", PREDICTION_COLUMNS, [prediction_values(row) for row in rows])
 
   def insert_feedback(self, rows: Iterable[Mapping[str, Any]]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.
@@ -191,7 +201,7 @@ class Warehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._insert("feedback", FEEDBACK_COLUMNS, [_feedback_values(row) for row in rows])
+    return self._insert("feedback", FEEDBACK_COLUMNS, [feedback_values(row) for row in rows])
 
   def _query(self, sql: str) -> list:
     with self._lock:

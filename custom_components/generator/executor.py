@@ -7,8 +7,8 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
+from rlops import bigquery
 from rlops import environment
-from rlops import warehouse as warehouse_lib
 from rlops.config import Config
 
 LOGGING_POLICY = "uniform-random"
@@ -55,14 +55,17 @@ class _SimulateChunk(beam.DoFn):
 
 
 class _WriteToWarehouse(beam.DoFn):
-  """Writes each chunk in one transaction; re-delivered chunks are de-duplicated by request id."""
+  """Writes each chunk to the warehouse at `uri` ("bq://project.dataset" or a SQLite path).
 
-  def __init__(self, path: str):
-    self._path = path
+  Rows are de-duplicated by request id, so a retried bundle writes nothing twice.
+  """
+
+  def __init__(self, uri: str):
+    self._uri = uri
     self._warehouse = None
 
   def setup(self):
-    self._warehouse = warehouse_lib.Warehouse(self._path)
+    self._warehouse = bigquery.warehouse_from_uri(self._uri)
 
   def process(self, chunk: Tuple[List[dict], List[dict]]) -> Iterator[int]:
     predictions, feedback = chunk
@@ -83,7 +86,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
          exec_properties: Dict[str, Any]) -> None:
     config = Config.from_json(exec_properties["config"])
     event_time = float(exec_properties["event_time"])
-    path = exec_properties["warehouse"]
+    uri = exec_properties["warehouse"]
     prefix = f"gen-{int(event_time)}"
     samples = config.pipeline.samples
     ranges = [(start, min(start + CHUNK_SIZE, samples)) for start in range(0, samples, CHUNK_SIZE)]
@@ -91,10 +94,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       _ = (pipeline
            | "IndexRanges" >> beam.Create(ranges)
            | "Simulate" >> beam.ParDo(_SimulateChunk(exec_properties["config"], event_time, prefix))
-           | "Write" >> beam.ParDo(_WriteToWarehouse(path)))
+           | "Write" >> beam.ParDo(_WriteToWarehouse(uri)))
     interactions = artifact_utils.get_single_instance(output_dict["interactions"])
     interactions.set_int_custom_property("record_count", samples)
     interactions.set_float_custom_property("event_time", event_time)
-    interactions.set_string_custom_property("warehouse", path)
+    interactions.set_string_custom_property("warehouse", uri)
     interactions.set_string_custom_property("logging_policy", LOGGING_POLICY)
     interactions.set_string_custom_property("request_id_prefix", prefix)

@@ -1,8 +1,10 @@
-"""Tests of the Generator executor on a real SQLite warehouse with Beam's DirectRunner."""
+"""Tests of the Generator executor with Beam's DirectRunner, on SQLite and on (fake) BigQuery."""
 import numpy as np
 
 from custom_components.artifacts import Interactions
 from custom_components.generator import executor
+from rlops import bigquery
+from rlops import bigquery_test
 from rlops import environment
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
@@ -31,3 +33,38 @@ def test_logs_every_record_once_with_the_reward_of_its_own_user(tmp_path):
   # Uniform actions.
   counts = np.bincount(records["action"], minlength=model.num_movies)
   assert counts.min() > 0.7 * samples / model.num_movies
+
+
+def test_writes_every_record_exactly_once_to_bigquery_by_merge(tmp_path, monkeypatch):
+  # Beam's DirectRunner runs in memory, in this process: the workers get the fake client.
+  client = bigquery_test.FakeClient()
+  projects = []
+  monkeypatch.setattr(bigquery, "make_client", lambda project: projects.append(project) or client)
+  config = Config(environment=EnvironmentConfig(num_movies=10, rank_k=4),
+                  pipeline=PipelineConfig(samples=2 * executor.CHUNK_SIZE + 300))
+  interactions = Interactions()
+  interactions.uri = str(tmp_path / "interactions")
+  executor.Executor().Do({}, {"interactions": [interactions]},
+                         {"config": config.to_json(), "event_time": 1000.0,
+                          "warehouse": bigquery_test.URI})
+
+  assert projects and set(projects) == {bigquery_test.PROJECT}
+  # Each worker's setup makes sure the tables exist; the first creates them.
+  setup = [request for request in client.requests if request[0] != "query"]
+  assert setup == (bigquery_test.ENSURE_REQUESTS +
+                   bigquery_test.EXISTING_REQUESTS * (len(projects) - 1))
+  queries = [request[1] for request in client.requests if request[0] == "query"]
+  chunks = -(-config.pipeline.samples // executor.CHUNK_SIZE)
+  assert sorted(queries) == sorted([bigquery_test.FEEDBACK_MERGE] * chunks +
+                                   [bigquery_test.PREDICTIONS_MERGE] * chunks)
+  table = f"{bigquery_test.PROJECT}.{bigquery_test.DATASET}"
+  rows = bigquery_test.merged_rows(client)
+  expected_ids = [executor.request_id("gen-1000", index) for index in range(config.pipeline.samples)]
+  assert sorted(row["request_id"] for row in rows[f"{table}.predictions"]) == expected_ids
+  assert sorted(row["request_id"] for row in rows[f"{table}.feedback"]) == expected_ids
+  model = environment.MovieLensModel.from_config(config)
+  assert {(row["propensity"], row["model_version"], row["source"], len(row["observation"]))
+          for row in rows[f"{table}.predictions"]} == {
+              (1.0 / model.num_movies, executor.LOGGING_POLICY, "generator", model.rank_k)}
+  assert interactions.get_string_custom_property("warehouse") == bigquery_test.URI
+  assert interactions.get_int_custom_property("record_count") == config.pipeline.samples

@@ -1,15 +1,29 @@
 """The Logger function as deployed: functions-framework with a Pub/Sub CloudEvent."""
+import base64
+import concurrent.futures
 import os
 
 import httpx
 import pytest
+from cloudevents.http import CloudEvent
+from google.cloud import pubsub_v1
 
 from functions import testing_utils
 from functions.logger import main as logger
+from rlops import bigquery
+from rlops import bigquery_test
 from rlops import log_sinks
 from rlops import warehouse as warehouse_lib
 
 SOURCE = os.path.join(os.path.dirname(logger.__file__), "main.py")
+TOPIC = "projects/rlops-test/topics/rlops-logs"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warehouses():
+  logger._warehouse.cache_clear()  # pylint: disable=protected-access
+  yield
+  logger._warehouse.cache_clear()  # pylint: disable=protected-access
 
 
 def _message(count, start=0):
@@ -40,3 +54,110 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
 def test_unknown_fields_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown message fields"):
     logger.write_message({"predicitons": []}, str(tmp_path / "w.sqlite"))
+
+
+class FakePublisher:
+  """Stands in for `pubsub_v1.PublisherClient`: records each publish call, as sent."""
+
+  def __init__(self, error=None):
+    self.published = []
+    self._error = error
+
+  def publish(self, topic, data, **attributes):
+    self.published.append((topic, data, attributes))
+    future = concurrent.futures.Future()
+    if self._error:
+      future.set_exception(self._error)
+    else:
+      future.set_result(str(len(self.published)))
+    return future
+
+
+def pubsub_delivery(topic, data, attributes, message_id):
+  """The CloudEvent a Cloud Function on `topic` receives for a published message."""
+  publish_time = "2024-05-01T12:00:00.123Z"
+  return CloudEvent(
+      {"specversion": "1.0", "id": message_id, "type": log_sinks.PUBSUB_EVENT_TYPE,
+       "source": f"//pubsub.googleapis.com/{topic}", "time": publish_time,
+       "datacontenttype": "application/json"},
+      {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes,
+                   "messageId": message_id, "message_id": message_id,
+                   "publishTime": publish_time, "publish_time": publish_time},
+       "subscription": "projects/rlops-test/subscriptions/eventarc-us-central1-log-records-sub-1"})
+
+
+def test_pubsub_sink_publishes_json_bytes_and_waits_for_pubsub():
+  publisher = FakePublisher()
+  message = {"predictions": [{"request_id": "r-1", "event_time": 10.5, "observation": [0.5, -1.0],
+                              "action": 3, "propensity": 0.9, "model_version": "7",
+                              "source": "endpoint"}]}
+  log_sinks.PubSubSink(TOPIC, publisher=publisher).deliver(message)
+  assert publisher.published == [(TOPIC, (
+      b'{"predictions": [{"request_id": "r-1", "event_time": 10.5, "observation": [0.5, -1.0], '
+      b'"action": 3, "propensity": 0.9, "model_version": "7", "source": "endpoint"}]}'), {})]
+  failing = log_sinks.PubSubSink(TOPIC, publisher=FakePublisher(error=RuntimeError("unavailable")))
+  with pytest.raises(RuntimeError, match="unavailable"):  # The outbox retries.
+    failing.deliver(message)
+  with pytest.raises(ValueError, match="projects/PROJECT/topics/TOPIC"):
+    log_sinks.PubSubSink("rlops-logs")
+
+
+def test_sink_from_env_selects_pubsub_by_topic_and_creates_the_client_lazily(monkeypatch, tmp_path):
+  publishers = []
+  monkeypatch.setattr(pubsub_v1, "PublisherClient",
+                      lambda: publishers.append(FakePublisher()) or publishers[-1])
+  monkeypatch.setenv("RLOPS_WAREHOUSE", str(tmp_path / "w.sqlite"))
+  monkeypatch.delenv("RLOPS_LOG_URL", raising=False)
+  monkeypatch.delenv("RLOPS_LOG_TOPIC", raising=False)
+  assert isinstance(log_sinks.sink_from_env(), log_sinks.InProcessSink)  # The local default.
+  monkeypatch.setenv("RLOPS_LOG_TOPIC", TOPIC)
+  sink = log_sinks.sink_from_env()
+  assert isinstance(sink, log_sinks.PubSubSink) and sink.topic_path == TOPIC
+  assert not publishers
+  sink.deliver(_message(1))
+  sink.deliver(_message(1, start=1))
+  assert len(publishers) == 1 and [topic for topic, _, _ in publishers[0].published] == [TOPIC] * 2
+
+
+def test_what_pubsub_sink_publishes_the_deployed_entry_point_writes(tmp_path, monkeypatch):
+  path = str(tmp_path / "warehouse.sqlite")
+  monkeypatch.setenv(logger.WAREHOUSE_ENV, path)
+  publisher = FakePublisher()
+  sink = log_sinks.PubSubSink(TOPIC, publisher=publisher)
+  sink.deliver(_message(20))
+  sink.deliver(_message(10, start=15))
+  for index, (topic, data, attributes) in enumerate(publisher.published):
+    event = pubsub_delivery(topic, data, attributes, message_id=str(1000 + index))
+    logger.log_records(event)
+    logger.log_records(event)  # At-least-once delivery: the same event again.
+  records = warehouse_lib.Warehouse(path).rewarded_records()
+  assert sorted(records["request_id"]) == sorted(f"req-{i}" for i in range(25))
+  assert (records["reward"] == 4.0).all() and (records["action"] == 3).all()
+
+
+def test_deployed_entry_point_merges_into_bigquery(monkeypatch):
+  client = bigquery_test.FakeClient()
+  projects = []
+  monkeypatch.setattr(bigquery, "make_client", lambda project: projects.append(project) or client)
+  monkeypatch.setenv(logger.WAREHOUSE_ENV, bigquery_test.URI)
+  message = _message(3)
+  event = pubsub_delivery(TOPIC, log_sinks.encode_message(message), {}, message_id="42")
+  logger.log_records(event)
+  logger.log_records(event)  # Redelivered: the same MERGE again, which inserts nothing.
+
+  assert projects == [bigquery_test.PROJECT]  # One client, created on the first event.
+  setup = len(bigquery_test.ENSURE_REQUESTS)
+  assert client.requests[:setup] == bigquery_test.ENSURE_REQUESTS  # On the first event only.
+  merges = client.requests[setup:]
+  assert [sql for _, sql, _ in merges] == [bigquery_test.PREDICTIONS_MERGE,
+                                           bigquery_test.FEEDBACK_MERGE] * 2
+  assert merges[0] == merges[2] and merges[1] == merges[3]
+  table = f"{bigquery_test.PROJECT}.{bigquery_test.DATASET}"
+  rows = bigquery_test.merged_rows(client)
+  assert rows[f"{table}.predictions"] == message["predictions"] * 2
+  assert rows[f"{table}.feedback"] == message["feedback"] * 2
+  assert logger.write_message(message, bigquery_test.URI) == {"predictions": 0, "feedback": 0}
+  with pytest.raises(ValueError, match="propensity"):
+    logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
+        {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {}, message_id="43"))
+  assert len(client.requests) == setup + 6

@@ -22,7 +22,8 @@ from rlops.config import Config
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
-                   feedback_batch: int = 200, progress: bool = False) -> Dict[str, Any]:
+                   feedback_batch: int = 200, progress: bool = False,
+                   headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
   """Sends `requests` prediction requests (bounded also by `timeout_seconds`), at most `rate`
   per second, and delivers each returned prediction's reward as feedback.
 
@@ -35,7 +36,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   per_version: Dict[str, Dict[str, float]] = {}
   feedback, errors, sent = [], 0, 0
   start = time.monotonic()
-  with httpx.Client(timeout=30.0) as client:
+  with httpx.Client(timeout=30.0, headers=headers) as client:
     for index in tqdm(range(requests), unit="request", disable=not progress, desc="simulate"):
       if time.monotonic() - start > timeout_seconds:
         break
@@ -80,16 +81,43 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   }
 
 
+def vertex_predict_url(gcp, aiplatform=None) -> str:
+  """The predict URL of the one endpoint named `gcp.endpoint_name`."""
+  if aiplatform is None:
+    from google.cloud import aiplatform  # pylint: disable=import-outside-toplevel
+  endpoints = aiplatform.Endpoint.list(filter=f'display_name="{gcp.endpoint_name}"',
+                                       project=gcp.project, location=gcp.region)
+  if not endpoints:
+    raise RuntimeError(f"no Vertex endpoint named {gcp.endpoint_name!r} in {gcp.project}/{gcp.region}")
+  return f"https://{gcp.region}-aiplatform.googleapis.com/v1/{endpoints[0].resource_name}:predict"
+
+
+def google_auth_headers() -> Dict[str, str]:
+  """A bearer token of the function's service account, for the Vertex endpoint."""
+  import google.auth  # pylint: disable=import-outside-toplevel
+  import google.auth.transport.requests  # pylint: disable=import-outside-toplevel
+  credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+  credentials.refresh(google.auth.transport.requests.Request())
+  return {"Authorization": f"Bearer {credentials.token}"}
+
+
 @functions_framework.cloud_event
 def simulate(cloud_event) -> None:
   """Cloud Function entry point: one scheduled round of simulated traffic.
 
-  Env: ENDPOINT_URL, RLOPS_CONFIG (Config JSON), SIMULATOR_REQUESTS (default 100),
-  and where feedback goes (`rlops.log_sinks.sink_from_env`).
+  Env: RLOPS_CONFIG (Config JSON), SIMULATOR_REQUESTS (default 100), where feedback
+  goes (`rlops.log_sinks.sink_from_env`), and ENDPOINT_URL, or else the config's
+  Vertex endpoint, called with the function's credentials.
   """
   del cloud_event  # The schedule's tick carries no parameters.
   config = Config.from_json(os.environ["RLOPS_CONFIG"]).validate()
-  summary = run_simulation(os.environ["ENDPOINT_URL"], simulation.MovieLensModel.from_config(config),
+  if os.environ.get("ENDPOINT_URL"):
+    url, headers = os.environ["ENDPOINT_URL"], {}
+  elif config.gcp is not None:
+    url, headers = vertex_predict_url(config.gcp), google_auth_headers()
+  else:
+    raise RuntimeError("set ENDPOINT_URL, or give RLOPS_CONFIG a gcp section")
+  summary = run_simulation(url, simulation.MovieLensModel.from_config(config),
                            int(os.environ.get("SIMULATOR_REQUESTS", "100")), log_sinks.sink_from_env(),
-                           seed=int(time.time()))
+                           seed=int(time.time()), headers=headers)
   print(json.dumps(summary))

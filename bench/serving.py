@@ -1,0 +1,540 @@
+"""Serving latency and throughput: policy calls in process, and the endpoint over HTTP.
+
+Policy calls, for 20 and 100 movies (rank 20): trains LinUCB with `train_on_logged`
+on uniformly logged records, saves it with `model_io.save`, and times one-context
+calls of TF-Agents' own LinUCB policy (`agent.policy`: UCB, a linear solve per arm
+and call) and of the saved serving policy (`policy/`), both PolicySaver
+SavedModels loaded with `tf.saved_model.load`, beside the server's
+`ServingModel.act` (NumPy) on the same contexts.
+
+Endpoint: serves the 20-movie model with the real server (`ServerThread` on
+127.0.0.1, pinned to 2 cores) and drives it from a separate process over
+keep-alive connections, one thread each: open loop at a fixed rate, then closed
+loop at the same concurrency, for each logging variant (all three servers run in
+this process; the idle ones wait):
+  on       InProcessSink into a temporary SQLite warehouse, through the real outbox.
+  discard  the real outbox file and delivery thread; the sink drops every batch.
+  none     no outbox: while its app is created, `server.OutboxLogger` is replaced by a
+           stand-in that drops rows (`create_app` has no switch for this).
+Prints figures as ratios against baselines measured in the same run and whether
+each target is met (it never fails on a target); writes a JSON of the figures and
+a PNG of the latency distributions.
+
+  .venv/bin/python bench/serving.py [--seconds 10] [--rate 200] [--concurrency 8]
+"""
+import argparse
+import collections
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import pathlib
+import sqlite3
+import tempfile
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As the rlops CLI: autograph's code from TF-Agents' policies compares with
+# literals, and Google client libraries warn about the Python version.
+warnings.filterwarnings("ignore", category=SyntaxWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import httpx
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import tensorflow as tf
+from tf_agents.policies import policy_saver
+from tf_agents.trajectories import time_step as ts
+from tqdm.auto import tqdm
+
+from rlops import environment
+from rlops import log_sinks
+from rlops import model_io
+from rlops import movielens
+from rlops import server
+from rlops import training
+from rlops.config import AgentConfig
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+MOVIES = (20, 100)
+RANK_K = 20
+LOGGED_SAMPLES = 20_000
+TRAIN_BATCH_SIZE = 5_000  # Divides LOGGED_SAMPLES: one trace of the train step.
+NUM_CONTEXTS = 200
+SERVING_MOVIES = 20
+# One-context policy calls: each variant stops at whichever bound comes first.
+POLICY_WARMUP_CALLS = 5
+POLICY_MAX_CALLS = 2_000
+POLICY_MAX_SECONDS = 4.0
+# Load generation.
+SERVER_CORES = 2
+WARMUP_REQUESTS = 5  # Per connection, before the timed window; logged like the others.
+MAX_REQUESTS = 200_000  # Bound of one closed-loop run.
+REQUEST_TIMEOUT_SECONDS = 10.0
+GRACE_SECONDS = 10.0  # No request starts later than this after the window.
+FLUSH_SECONDS = 60.0
+CLOSED_LOOP_ORDER = ("on", "discard", "none", "none", "discard", "on")  # Cancels linear drift.
+# Targets of the issue.
+P99_TARGET_MS = 20.0
+THROUGHPUT_LOSS_TARGET = 0.10
+LOGGING = {
+    "on": "InProcessSink to a temporary SQLite warehouse, through the real outbox",
+    "discard": "real outbox (JSONL file written per request, read back and parsed by the "
+               "delivery thread); the sink drops each batch",
+    "none": "no outbox: OutboxLogger replaced by a stand-in whose append drops the rows "
+            "(the handler still builds them)",
+}
+
+
+class DiscardSink:
+  """A LogSink that drops every message."""
+
+  def deliver(self, message: Dict[str, Any]) -> None:
+    del message
+
+
+class NoOutbox:
+  """Stands in for `server.OutboxLogger`: `append` counts the rows and drops them."""
+  failures = 0
+  pending = 0
+
+  def __init__(self, outbox_path: str, sink: log_sinks.LogSink):
+    del outbox_path, sink
+    self.delivered = 0
+
+  def append(self, rows: List[Dict[str, Any]]) -> None:
+    self.delivered += len(rows)
+
+  def flush(self, timeout: Optional[float] = None) -> bool:
+    del timeout
+    return True
+
+  def start(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def summarize(seconds: Sequence[float]) -> Dict[str, float]:
+  """Count, p50, p99 and mean in milliseconds (NaN when empty)."""
+  milliseconds = 1e3 * np.asarray(seconds, np.float64)
+  if not len(milliseconds):
+    return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+  return {"n": int(len(milliseconds)), "p50_ms": float(np.percentile(milliseconds, 50)),
+          "p99_ms": float(np.percentile(milliseconds, 99)), "mean_ms": float(milliseconds.mean())}
+
+
+def time_calls(call: Callable, inputs: Sequence, desc: str) -> np.ndarray:
+  """Seconds of one call each, cycling through `inputs`, after a few warm-up calls."""
+  for item in inputs[:POLICY_WARMUP_CALLS]:
+    call(item)
+  latencies = []
+  deadline = time.perf_counter() + POLICY_MAX_SECONDS
+  with tqdm(total=POLICY_MAX_CALLS, desc=desc, unit="call", leave=False) as bar:
+    for index in range(POLICY_MAX_CALLS):
+      if time.perf_counter() > deadline:
+        break
+      item = inputs[index % len(inputs)]
+      start = time.perf_counter()
+      call(item)
+      latencies.append(time.perf_counter() - start)
+      bar.update()
+  return np.array(latencies)
+
+
+def train_and_save(model: environment.MovieLensModel, directory: str, ucb_directory: str,
+                   seed: int) -> None:
+  """LinUCB trained on uniformly logged records: `model_io.save`, and `agent.policy` saved alone."""
+  rng = np.random.default_rng(seed)
+  users = rng.integers(model.num_users, size=LOGGED_SAMPLES)
+  actions = rng.integers(model.num_movies, size=LOGGED_SAMPLES).astype(np.int32)
+  config = AgentConfig(name="linucb")
+  agent = model_io.new_agent(config, model.num_movies, model.rank_k)
+  training.train_on_logged(agent, model.observe(users), actions, model.reward(users, actions),
+                           batch_size=TRAIN_BATCH_SIZE, progress=True)
+  model_io.save(agent, config, model.num_movies, model.rank_k, directory,
+                {"samples": LOGGED_SAMPLES})
+  policy_saver.PolicySaver(agent.policy, batch_size=None).save(ucb_directory)
+
+
+def saved_policy_call(path: str) -> Callable:
+  saved = tf.saved_model.load(path)
+  state = saved.get_initial_state(1)
+  return lambda time_step: saved.action(time_step, state).action.numpy()
+
+
+def policy_latency(model: environment.MovieLensModel, directory: str, ucb_directory: str,
+                   contexts: np.ndarray) -> Dict[str, np.ndarray]:
+  """Seconds of one-context calls of the two SavedModels and of `ServingModel.act`."""
+  time_steps = [ts.restart(tf.constant(context[None]), batch_size=1) for context in contexts]
+  serving_model = server.load_model(directory, "bench")
+  rng = np.random.default_rng(0)
+  name = f"{model.num_movies} movies"
+  return {
+      "tf_agents_ucb_savedmodel": time_calls(
+          saved_policy_call(ucb_directory), time_steps, f"{name}: tf-agents UCB SavedModel"),
+      "serving_savedmodel": time_calls(
+          saved_policy_call(os.path.join(directory, model_io.POLICY_DIR)), time_steps,
+          f"{name}: serving SavedModel"),
+      "serving_model_act": time_calls(
+          lambda observations: serving_model.act(observations, rng),
+          [context[None] for context in contexts], f"{name}: ServingModel.act"),
+  }
+
+
+def drive(url: str, bodies: Sequence[bytes], concurrency: int, seconds: float,
+          rate: Optional[float]) -> Dict[str, Any]:
+  """Sends one-instance requests on `concurrency` keep-alive connections, one thread each.
+
+  Open loop (`rate` per second): request i is due at start + i / rate and its
+  latency counts from then, so waiting for a free connection is included.
+  Closed loop (`rate` None): each connection sends again when answered, until
+  the window ends. Each connection first sends a few untimed warm-up requests.
+  """
+  clients = [httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS,
+                          headers={"content-type": "application/json"})
+             for _ in range(concurrency)]
+  total = int(rate * seconds) if rate else MAX_REQUESTS
+  counter = itertools.count()
+  warmups = [[] for _ in clients]  # Statuses.
+  records = [[] for _ in clients]  # (latency, end time, status).
+  barrier = threading.Barrier(concurrency)
+  window = {}
+
+  def send(client, body) -> str:
+    try:
+      return str(client.post("/predict", content=body).status_code)
+    except httpx.HTTPError as error:
+      return type(error).__name__
+
+  def worker(client, warmup, out):
+    for body in bodies[:WARMUP_REQUESTS]:
+      warmup.append(send(client, body))
+    if barrier.wait() == 0:
+      window["start"] = time.perf_counter() + 0.01
+    barrier.wait()
+    start = window["start"]
+    while True:
+      index = next(counter)
+      now = time.perf_counter()
+      if (index >= total or now > start + seconds + GRACE_SECONDS
+          or (not rate and now >= start + seconds)):
+        return
+      due = start + index / rate if rate else now
+      time.sleep(max(0.0, due - now))
+      status = send(client, bodies[index % len(bodies)])
+      end = time.perf_counter()
+      out.append((end - due, end, status))
+
+  threads = [threading.Thread(target=worker, args=arguments)
+             for arguments in zip(clients, warmups, records)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  for client in clients:
+    client.close()
+  timed = list(itertools.chain.from_iterable(records))
+  statuses = collections.Counter(status for _, _, status in timed)
+  return {"latencies": [latency for latency, _, status in timed if status == "200"],
+          "elapsed": max(end for _, end, _ in timed) - window["start"] if timed else 0.0,
+          "timed_statuses": dict(statuses),
+          "all_statuses": dict(statuses + collections.Counter(itertools.chain(*warmups))),
+          "unsent": total - len(timed) if rate else 0}
+
+
+def load_generator(connection, cpus: List[int]) -> None:
+  """Child process: runs each `drive` command it receives and sends back the result."""
+  os.sched_setaffinity(0, cpus)
+  connection.send("ready")
+  while True:
+    command = connection.recv()
+    if command is None:
+      return
+    connection.send(drive(**command))
+
+
+def run_load(connection, desc: str, **command) -> Dict[str, Any]:
+  """Has the load generator run `command`; shows progress while waiting (bounded)."""
+  connection.send(command)
+  seconds = command["seconds"]
+  limit = seconds + GRACE_SECONDS + REQUEST_TIMEOUT_SECONDS + 30.0
+  start = time.monotonic()
+  with tqdm(total=round(seconds), desc=desc, unit="s", leave=False) as bar:
+    while not connection.poll(0.5):
+      elapsed = time.monotonic() - start
+      if elapsed > limit:
+        raise RuntimeError(f"the load generator did not answer within {limit:.0f} s")
+      bar.n = min(round(elapsed), bar.total)
+      bar.refresh()
+  return connection.recv()
+
+
+def start_servers(model_dir: str, workdir: str, bodies: Sequence[bytes],
+                  stack: contextlib.ExitStack) -> Dict[str, Any]:
+  """One app and ServerThread per logging variant, each with its model loaded and logs warm.
+
+  A few requests and a flush before any timing: the first delivery of the
+  InProcessSink imports the Logger function and opens the warehouse.
+  """
+  servers = {}
+  for name in LOGGING:
+    outbox = os.path.join(workdir, name, "outbox.jsonl")
+    warehouse = os.path.join(workdir, name, "warehouse.sqlite")
+    if name == "on":
+      app = server.create_app(model_dir, log_sinks.InProcessSink(warehouse), outbox_path=outbox,
+                              seed=0)
+    elif name == "discard":
+      app = server.create_app(model_dir, DiscardSink(), outbox_path=outbox, seed=0)
+    else:
+      with mock.patch.object(server, "OutboxLogger", NoOutbox):
+        app = server.create_app(model_dir, DiscardSink(), outbox_path=outbox, seed=0)
+    endpoint = stack.enter_context(server.ServerThread(app))
+    if not app.state.models.wait(60.0):
+      raise RuntimeError(f"{name}: no model loaded from {model_dir} within 60 s")
+    with httpx.Client(base_url=endpoint.url, timeout=REQUEST_TIMEOUT_SECONDS,
+                      headers={"content-type": "application/json"}) as client:
+      statuses = collections.Counter(str(client.post("/predict", content=body).status_code)
+                                     for body in bodies[:WARMUP_REQUESTS])
+    start = time.perf_counter()
+    app.state.logger.flush(timeout=FLUSH_SECONDS)
+    servers[name] = {"app": app, "url": endpoint.url, "warmup_statuses": statuses,
+                     "first_flush_seconds": time.perf_counter() - start,
+                     "warehouse": warehouse if name == "on" else None}
+  return servers
+
+
+def flush_all(servers: Dict[str, Any]) -> bool:
+  return all(s["app"].state.logger.flush(timeout=FLUSH_SECONDS) for s in servers.values())
+
+
+def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+  """Latency percentiles and throughput of one or more runs of the same variant."""
+  latencies = list(itertools.chain.from_iterable(run["latencies"] for run in runs))
+  elapsed = sum(run["elapsed"] for run in runs)
+  return {**summarize(latencies), "rps": len(latencies) / max(elapsed, 1e-9), "seconds": elapsed,
+          "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
+          "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
+                         if status != "200"),
+          "unsent": sum(run["unsent"] for run in runs),
+          "pending_at_end": [run["pending_at_end"] for run in runs]}
+
+
+def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
+                      args: argparse.Namespace) -> Dict[str, Any]:
+  """Open- and closed-loop runs against each logging variant, and the correctness counts."""
+  bodies = [json.dumps({"instances": [{"observation": [float(x) for x in context]}]}).encode()
+            for context in contexts]
+  raw = {"open": collections.defaultdict(list), "closed": collections.defaultdict(list)}
+  with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+    servers = start_servers(model_dir, workdir, bodies, stack)
+    schedule = ([("open", name, args.seconds, args.rate) for name in LOGGING]
+                + [("closed", name, args.seconds / 2, None) for name in CLOSED_LOOP_ORDER])
+    for mode, name, seconds, rate in schedule:
+      flush_all(servers)
+      result = run_load(connection, f"{mode} loop, logging {name}", url=servers[name]["url"],
+                        bodies=bodies, concurrency=args.concurrency, seconds=seconds, rate=rate)
+      result["pending_at_end"] = servers[name]["app"].state.logger.pending
+      raw[mode][name].append(result)
+    checks = {}
+    for name, entry in servers.items():
+      flushed = entry["app"].state.logger.flush(timeout=FLUSH_SECONDS)
+      stats = httpx.get(f"{entry['url']}/stats", timeout=REQUEST_TIMEOUT_SECONDS).json()
+      statuses = entry["warmup_statuses"].copy()
+      for mode in raw:
+        for run in raw[mode][name]:
+          statuses.update(run["all_statuses"])
+      rows = None
+      if entry["warehouse"]:
+        with contextlib.closing(sqlite3.connect(entry["warehouse"])) as connection_:
+          rows = connection_.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+      checks[name] = {"responses_200": statuses.pop("200", 0), "other": dict(statuses),
+                      "server_predictions": stats["predictions"], "logged": stats["logged"],
+                      "pending": stats["pending"], "warehouse_rows": rows, "flushed": flushed,
+                      "first_flush_seconds": entry["first_flush_seconds"]}
+  return {"open": {name: pooled(runs) for name, runs in raw["open"].items()},
+          "closed": {name: pooled(runs) for name, runs in raw["closed"].items()},
+          "checks": checks,
+          "cdf": {mode: {name: np.sort(np.concatenate([run["latencies"] for run in runs]))
+                         for name, runs in raw[mode].items()} for mode in raw}}
+
+
+def plot_latency(cdf: Dict[str, Dict[str, np.ndarray]], in_process: np.ndarray, rate: float,
+                 path: pathlib.Path) -> pathlib.Path:
+  """CDFs of endpoint latency per run and logging variant, beside the in-process call."""
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  titles = {"open": f"open loop, {rate:g} requests/s", "closed": "closed loop (max throughput)"}
+  for axis, (mode, curves) in zip(axes, cdf.items()):
+    for name, latencies in curves.items():
+      axis.plot(1e3 * latencies, np.arange(1, len(latencies) + 1) / len(latencies),
+                label=f"endpoint, logging {name}")
+    values = np.sort(in_process)
+    axis.plot(1e3 * values, np.arange(1, len(values) + 1) / len(values), linestyle="--",
+              color="gray", label="in process: ServingModel.act")
+    axis.axvline(P99_TARGET_MS, color="red", linewidth=0.8, label=f"{P99_TARGET_MS:g} ms")
+    axis.axhline(0.99, color="black", linewidth=0.5, linestyle=":")
+    axis.set_xscale("log")
+    axis.set_xlabel("latency (ms, log scale)")
+    axis.set_title(titles[mode])
+    axis.grid(alpha=0.3)
+  axes[0].set_ylabel("share of requests")
+  axes[0].legend(fontsize=8, loc="upper left")
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def print_policy(policy: Dict[int, Dict[str, Dict[str, float]]]) -> None:
+  print(f"\none-context policy calls, rank {RANK_K}, LinUCB trained on {LOGGED_SAMPLES:,} uniformly "
+        f"logged records; p50 / p99 ms (calls timed)")
+  print(f"  {'movies':>6} {'tf-agents UCB SavedModel':>26} {'serving SavedModel':>22} "
+        f"{'ServingModel.act':>22} {'UCB/act p50':>12} {'serving SM/act p50':>19}")
+  for movies, figures in policy.items():
+    cells = [f"{f['p50_ms']:.3f} / {f['p99_ms']:.3f} ({f['n']})" for f in figures.values()]
+    act = figures["serving_model_act"]["p50_ms"]
+    print(f"  {movies:>6} {cells[0]:>26} {cells[1]:>22} {cells[2]:>22} "
+          f"{figures['tf_agents_ucb_savedmodel']['p50_ms'] / act:>11.0f}x "
+          f"{figures['serving_savedmodel']['p50_ms'] / act:>18.0f}x")
+  print("  tf-agents UCB: PolicySaver(agent.policy), alpha 10, a linear solve per arm and call "
+        "(the issue's baseline).\n  serving SavedModel: model_io.save's policy/, epsilon-greedy over "
+        "the greedy arm from theta (no solves).\n  ServingModel.act: the server's NumPy fast path "
+        "(greedy arm and propensity); SavedModel inputs are prebuilt TimeSteps.")
+
+
+def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse.Namespace,
+                  cpus: Dict[str, List[int]]) -> None:
+  shared = " (shared with the server)" if cpus["client"] == cpus["server"] else ""
+  print(f"\nendpoint, {SERVING_MOVIES} movies, one instance per request, {args.concurrency} "
+        f"keep-alive connections from a separate process\n  server on CPUs {cpus['server']}, "
+        f"load generator on CPUs {cpus['client']}{shared}")
+  print(f"  {'run':<24} {'logging':<8} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'p50/in-process':>15} {'non-200':>8} {'unsent':>7}")
+  for mode, label in (("open", f"open loop {args.rate:g}/s"), ("closed", "closed loop")):
+    for name, f in serving[mode].items():
+      print(f"  {label:<24} {name:<8} {f['n']:>8} {f['rps']:>8.1f} {f['p50_ms']:>7.2f} "
+            f"{f['p99_ms']:>7.2f} {f['p50_ms'] / act['p50_ms']:>14.0f}x {f['non_200']:>8} "
+            f"{f['unsent']:>7}")
+  print(f"  in process, ServingModel.act on the same contexts: p50 {act['p50_ms']:.3f} ms, "
+        f"p99 {act['p99_ms']:.3f} ms")
+  print(f"  open loop: {args.seconds:g} s per variant; latency counts from each request's due "
+        f"time.\n  closed loop: rounds of {args.seconds / 2:g} s in the order "
+        f"{', '.join(CLOSED_LOOP_ORDER)}; req/s per round: "
+        + "; ".join(f"{name} " + ", ".join(f"{r:.0f}" for r in f["rps_per_run"])
+                    for name, f in serving["closed"].items()))
+  print("  outbox rows pending at the end of each closed-loop round: "
+        + "; ".join(f"{name} {f['pending_at_end']}" for name, f in serving["closed"].items()))
+  print("  logging variants:")
+  for name, description in LOGGING.items():
+    print(f"    {name:<8} {description}")
+  print("\ncorrectness (all requests of a variant, warm-up included)")
+  for name, c in serving["checks"].items():
+    rows = "" if c["warehouse_rows"] is None else f", warehouse rows {c['warehouse_rows']}"
+    print(f"  {name:<8} 200 responses {c['responses_200']}, other {c['other'] or 0}; server "
+          f"predictions {c['server_predictions']}, delivered {c['logged']}, pending "
+          f"{c['pending']}{rows}; flush completed: {'yes' if c['flushed'] else 'no'}")
+  print("  first flush after start (untimed warm-up; on: imports the Logger function, opens the "
+        "warehouse): " + ", ".join(f"{name} {c['first_flush_seconds']:.2f} s"
+                                   for name, c in serving["checks"].items()))
+
+
+def targets(serving: Dict[str, Any], args: argparse.Namespace) -> List[Dict[str, Any]]:
+  """Each serving target of the issue with its figures and whether it is met."""
+  open_on = serving["open"]["on"]
+  closed = serving["closed"]
+  checks = [{
+      "target": f"p99 < {P99_TARGET_MS:g} ms at {args.rate:g} requests/s, logging on",
+      "met": bool(open_on["p99_ms"] < P99_TARGET_MS and open_on["rps"] >= 0.95 * args.rate
+                  and open_on["non_200"] == 0 and open_on["unsent"] == 0),
+      "detail": f"p99 {open_on['p99_ms']:.2f} ms, {open_on['rps']:.1f} requests/s achieved"}]
+  for baseline in ("discard", "none"):
+    ratio = closed["on"]["rps"] / closed[baseline]["rps"]
+    checks.append({
+        "target": f"logging lowers closed-loop throughput by <= {THROUGHPUT_LOSS_TARGET:.0%} "
+                  f"(on / {baseline})",
+        "met": bool(ratio >= 1.0 - THROUGHPUT_LOSS_TARGET),
+        "detail": f"{closed['on']['rps']:.0f} / {closed[baseline]['rps']:.0f} req/s = {ratio:.3f}"})
+  return checks
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seconds", type=float, default=10.0,
+                      help="load per variant and loop kind (default: %(default)s)")
+  parser.add_argument("--rate", type=float, default=200.0,
+                      help="open-loop requests per second (default: %(default)s)")
+  parser.add_argument("--concurrency", type=int, default=8,
+                      help="keep-alive connections (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0, help="data and training (default: %(default)s)")
+  parser.add_argument("--output-dir", type=pathlib.Path,
+                      default=pathlib.Path(__file__).resolve().parent / "results",
+                      help="where the JSON and PNG go (default: bench/results)")
+  return parser
+
+
+def main(argv=None) -> None:
+  args = build_parser().parse_args(argv)
+  if not 0 < args.seconds <= 60 or args.rate <= 0 or not 1 <= args.concurrency <= 64:
+    raise SystemExit("need 0 < --seconds <= 60, --rate > 0 and 1 <= --concurrency <= 64")
+  available = sorted(os.sched_getaffinity(0))
+  cpus = {"server": available[:SERVER_CORES]}
+  cpus["client"] = available[SERVER_CORES:] or cpus["server"]
+  os.sched_setaffinity(0, cpus["server"])
+  # Started first: its imports overlap training. Spawned, not forked, from a process using TF.
+  context = multiprocessing.get_context("spawn")
+  connection, child_connection = context.Pipe()
+  generator = context.Process(target=load_generator, args=(child_connection, cpus["client"]),
+                              name="load-generator", daemon=True)
+  generator.start()
+  args.output_dir.mkdir(parents=True, exist_ok=True)
+  ratings = movielens.generate_ratings(seed=args.seed)
+  latencies, contexts = {}, {}
+  with tempfile.TemporaryDirectory() as workdir:
+    models = {}
+    for movies in MOVIES:
+      model = environment.MovieLensModel(ratings, movies, RANK_K)
+      rng = np.random.default_rng(args.seed + 1)
+      contexts[movies] = model.observe(rng.integers(model.num_users, size=NUM_CONTEXTS))
+      models[movies] = (model, os.path.join(workdir, f"movies{movies}"),
+                        os.path.join(workdir, f"tf_agents_ucb{movies}"))
+      print(f"[{movies} movies] train and save", flush=True)
+      train_and_save(*models[movies], seed=args.seed)
+    if not connection.poll(120.0) or connection.recv() != "ready":
+      raise RuntimeError("the load generator did not start")
+    for movies, (model, directory, ucb_directory) in models.items():
+      latencies[movies] = policy_latency(model, directory, ucb_directory, contexts[movies])
+    print(f"[{SERVING_MOVIES} movies] endpoint", flush=True)
+    serving = serving_benchmark(models[SERVING_MOVIES][1], contexts[SERVING_MOVIES], connection,
+                                args)
+  connection.send(None)
+  generator.join(10.0)
+  policy = {movies: {name: summarize(values) for name, values in calls.items()}
+            for movies, calls in latencies.items()}
+  act = policy[SERVING_MOVIES]["serving_model_act"]
+  checks = targets(serving, args)
+  plot = plot_latency(serving.pop("cdf"), latencies[SERVING_MOVIES]["serving_model_act"],
+                      args.rate, args.output_dir / "serving_latency.png")
+  print_policy(policy)
+  print_serving(serving, act, args, cpus)
+  print()
+  for check in checks:
+    print(f"target met: {'yes' if check['met'] else 'no'} -- {check['target']} ({check['detail']})")
+  report = args.output_dir / "serving.json"
+  report.write_text(json.dumps({
+      "ratings": ratings.source, "cpus": cpus, "rank_k": RANK_K, "logged_samples": LOGGED_SAMPLES,
+      "seconds": args.seconds, "rate": args.rate, "concurrency": args.concurrency,
+      "logging": LOGGING, "policy": policy, "serving": serving, "targets": checks}, indent=2))
+  print(f"\nreport: {report}; plot: {plot}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,63 @@
+"""The Simulator as deployed: functions-framework, a scheduler tick, a real endpoint."""
+import os
+import types
+
+import numpy as np
+
+from functions import testing_utils
+from functions.simulator import main as simulator
+from rlops import log_sinks, model_io, server, simulation, training
+from rlops import warehouse as warehouse_lib
+from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, GcpConfig
+
+SOURCE = os.path.join(os.path.dirname(simulator.__file__), "main.py")
+CONFIG = Config(data=DataConfig(seed=8), environment=EnvironmentConfig(num_movies=10, rank_k=4))
+
+
+def _push_model(serving_dir: str, model: simulation.MovieLensModel) -> None:
+  rng = np.random.default_rng(0)
+  users = rng.integers(0, model.num_users, size=2000)
+  actions = rng.integers(0, model.num_movies, size=2000).astype(np.int32)
+  agent = model_io.new_agent(AgentConfig(), model.num_movies, model.rank_k)
+  training.train_on_logged(agent, model.observe(users), actions, model.reward(users, actions))
+  model_io.save(agent, AgentConfig(), model.num_movies, model.rank_k,
+                os.path.join(serving_dir, "1"), {})
+
+
+def test_scheduled_tick_sends_requests_and_the_reward_of_that_user_and_movie(tmp_path):
+  model = simulation.MovieLensModel.from_config(CONFIG)
+  _push_model(str(tmp_path / "serving"), model)
+  path = str(tmp_path / "warehouse.sqlite")
+  sink = log_sinks.InProcessSink(path)
+  app = server.create_app(str(tmp_path / "serving"), sink, outbox_path=str(tmp_path / "outbox.jsonl"))
+  with server.ServerThread(app) as endpoint:
+    env = {"ENDPOINT_URL": f"{endpoint.url}/predict", "RLOPS_CONFIG": CONFIG.to_json(),
+           "RLOPS_WAREHOUSE": path, "SIMULATOR_REQUESTS": "40"}
+    with testing_utils.functions_framework(SOURCE, "simulate", env) as url:
+      headers, body = log_sinks.pubsub_cloud_event({}, topic="projects/local/topics/simulator-tick")
+      assert testing_utils.post(url, headers, body).status_code == 200
+    assert app.state.logger.flush(timeout=30.0)
+  records = warehouse_lib.Warehouse(path).rewarded_records()
+  assert len(records["request_id"]) == 40
+  distances = ((records["observation"][:, None] - model.user_vectors[None]) ** 2).sum(-1)
+  users = distances.argmin(axis=1)
+  np.testing.assert_allclose(records["reward"], model.reward(users, records["action"]), atol=1e-5)
+
+
+def test_vertex_endpoint_is_found_by_its_one_name():
+  gcp = GcpConfig(project="my-rlops-project", region="us-central1", bucket="gs://b-rlops",
+                  dataset="rlops", endpoint_name="rlops-movielens",
+                  pipeline_image="us-docker.pkg.dev/p/r/pipeline:1",
+                  serving_image="us-docker.pkg.dev/p/r/serving:1")
+  requests = []
+
+  def list_endpoints(**kwargs):
+    requests.append(kwargs)
+    return [types.SimpleNamespace(resource_name="projects/123/locations/us-central1/endpoints/456")]
+
+  fake = types.SimpleNamespace(Endpoint=types.SimpleNamespace(list=list_endpoints))
+  assert simulator.vertex_predict_url(gcp, fake) == (
+      "https://us-central1-aiplatform.googleapis.com/v1/"
+      "projects/123/locations/us-central1/endpoints/456:predict")
+  assert requests == [{"filter": 'display_name="rlops-movielens"', "project": "my-rlops-project",
+                       "location": "us-central1"}]
