@@ -25,6 +25,7 @@ a PNG of the latency distributions.
 import argparse
 import collections
 import contextlib
+import gc
 import itertools
 import json
 import multiprocessing
@@ -122,6 +123,27 @@ class NoOutbox:
 
   def close(self) -> None:
     pass
+
+
+class GcPauses:
+  """Records each garbage collection in this process (the servers') and how long it took."""
+
+  def __init__(self):
+    self.pauses = []  # (generation, seconds)
+    self._start = 0.0
+
+  def _callback(self, phase: str, info: Dict[str, int]) -> None:
+    if phase == "start":
+      self._start = time.perf_counter()
+    else:
+      self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+  def __enter__(self) -> "GcPauses":
+    gc.callbacks.append(self._callback)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    gc.callbacks.remove(self._callback)
 
 
 def summarize(seconds: Sequence[float]) -> Dict[str, float]:
@@ -313,8 +335,10 @@ def start_servers(model_dir: str, workdir: str, bodies: Sequence[bytes],
   return servers
 
 
-def flush_all(servers: Dict[str, Any]) -> bool:
-  return all(s["app"].state.logger.flush(timeout=FLUSH_SECONDS) for s in servers.values())
+def flush_all(servers: Dict[str, Any]) -> None:
+  """Waits (bounded) until every server's logs are delivered, so no backlog runs into a timing."""
+  for entry in servers.values():
+    entry["app"].state.logger.flush(timeout=FLUSH_SECONDS)
 
 
 def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -326,7 +350,12 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),
           "unsent": sum(run["unsent"] for run in runs),
-          "pending_at_end": [run["pending_at_end"] for run in runs]}
+          "pending_at_end": [run["pending_at_end"] for run in runs],
+          "gc_collections": sum(len(run["gc_pauses"]) for run in runs),
+          "gc_full_collections": sum(generation == 2 for run in runs
+                                     for generation, _ in run["gc_pauses"]),
+          "gc_longest_ms": 1e3 * max((pause for run in runs for _, pause in run["gc_pauses"]),
+                                     default=0.0)}
 
 
 def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
@@ -335,14 +364,17 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
   bodies = [json.dumps({"instances": [{"observation": [float(x) for x in context]}]}).encode()
             for context in contexts]
   raw = {"open": collections.defaultdict(list), "closed": collections.defaultdict(list)}
+  load_before = os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
     servers = start_servers(model_dir, workdir, bodies, stack)
     schedule = ([("open", name, args.seconds, args.rate) for name in LOGGING]
                 + [("closed", name, args.seconds / 2, None) for name in CLOSED_LOOP_ORDER])
     for mode, name, seconds, rate in schedule:
       flush_all(servers)
-      result = run_load(connection, f"{mode} loop, logging {name}", url=servers[name]["url"],
-                        bodies=bodies, concurrency=args.concurrency, seconds=seconds, rate=rate)
+      with GcPauses() as collector:
+        result = run_load(connection, f"{mode} loop, logging {name}", url=servers[name]["url"],
+                          bodies=bodies, concurrency=args.concurrency, seconds=seconds, rate=rate)
+      result["gc_pauses"] = collector.pauses
       result["pending_at_end"] = servers[name]["app"].state.logger.pending
       raw[mode][name].append(result)
     checks = {}
@@ -355,15 +387,17 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
           statuses.update(run["all_statuses"])
       rows = None
       if entry["warehouse"]:
-        with contextlib.closing(sqlite3.connect(entry["warehouse"])) as connection_:
-          rows = connection_.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        with contextlib.closing(sqlite3.connect(entry["warehouse"])) as database:
+          rows = database.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
       checks[name] = {"responses_200": statuses.pop("200", 0), "other": dict(statuses),
                       "server_predictions": stats["predictions"], "logged": stats["logged"],
                       "pending": stats["pending"], "warehouse_rows": rows, "flushed": flushed,
                       "first_flush_seconds": entry["first_flush_seconds"]}
+  closed = {name: pooled(runs) for name, runs in raw["closed"].items()}
+  # Relative spread between rounds of the same variant: the noise of a throughput ratio.
+  spread = max((max(f["rps_per_run"]) - min(f["rps_per_run"])) / f["rps"] for f in closed.values())
   return {"open": {name: pooled(runs) for name, runs in raw["open"].items()},
-          "closed": {name: pooled(runs) for name, runs in raw["closed"].items()},
-          "checks": checks,
+          "closed": closed, "closed_round_spread": spread, "checks": checks, "load_average_1min": [load_before, os.getloadavg()[0]],
           "cdf": {mode: {name: np.sort(np.concatenate([run["latencies"] for run in runs]))
                          for name, runs in raw[mode].items()} for mode in raw}}
 
@@ -395,7 +429,7 @@ def plot_latency(cdf: Dict[str, Dict[str, np.ndarray]], in_process: np.ndarray, 
 
 
 def print_policy(policy: Dict[int, Dict[str, Dict[str, float]]]) -> None:
-  print(f"\none-context policy calls, rank {RANK_K}, LinUCB trained on {LOGGED_SAMPLES:,} uniformly "
+  print(f"one-context policy calls, rank {RANK_K}, LinUCB trained on {LOGGED_SAMPLES:,} uniformly "
         f"logged records; p50 / p99 ms (calls timed)")
   print(f"  {'movies':>6} {'tf-agents UCB SavedModel':>26} {'serving SavedModel':>22} "
         f"{'ServingModel.act':>22} {'UCB/act p50':>12} {'serving SM/act p50':>19}")
@@ -416,14 +450,15 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
   shared = " (shared with the server)" if cpus["client"] == cpus["server"] else ""
   print(f"\nendpoint, {SERVING_MOVIES} movies, one instance per request, {args.concurrency} "
         f"keep-alive connections from a separate process\n  server on CPUs {cpus['server']}, "
-        f"load generator on CPUs {cpus['client']}{shared}")
+        f"load generator on CPUs {cpus['client']}{shared}; 1-minute load average before / "
+        "after: {:.2f} / {:.2f}".format(*serving["load_average_1min"]))
   print(f"  {'run':<24} {'logging':<8} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'p50/in-process':>15} {'non-200':>8} {'unsent':>7}")
+        f"{'p50/in-process':>15} {'non-200':>8} {'unsent':>7} {'GC max ms':>10}")
   for mode, label in (("open", f"open loop {args.rate:g}/s"), ("closed", "closed loop")):
     for name, f in serving[mode].items():
       print(f"  {label:<24} {name:<8} {f['n']:>8} {f['rps']:>8.1f} {f['p50_ms']:>7.2f} "
             f"{f['p99_ms']:>7.2f} {f['p50_ms'] / act['p50_ms']:>14.0f}x {f['non_200']:>8} "
-            f"{f['unsent']:>7}")
+            f"{f['unsent']:>7} {f['gc_longest_ms']:>10.1f}")
   print(f"  in process, ServingModel.act on the same contexts: p50 {act['p50_ms']:.3f} ms, "
         f"p99 {act['p99_ms']:.3f} ms")
   print(f"  open loop: {args.seconds:g} s per variant; latency counts from each request's due "
@@ -431,8 +466,14 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
         f"{', '.join(CLOSED_LOOP_ORDER)}; req/s per round: "
         + "; ".join(f"{name} " + ", ".join(f"{r:.0f}" for r in f["rps_per_run"])
                     for name, f in serving["closed"].items()))
+  print(f"  rounds of the same variant differ by up to {serving['closed_round_spread']:.0%} of its "
+        "req/s: smaller throughput differences are within this machine's noise")
   print("  outbox rows pending at the end of each closed-loop round: "
         + "; ".join(f"{name} {f['pending_at_end']}" for name, f in serving["closed"].items()))
+  print("  GC max ms: longest garbage collection in the server process during the run (it holds "
+        "the GIL); full (generation 2) collections: "
+        + "; ".join(f"{mode} {name} {f['gc_full_collections']}"
+                    for mode in ("open", "closed") for name, f in serving[mode].items()))
   print("  logging variants:")
   for name, description in LOGGING.items():
     print(f"    {name:<8} {description}")
@@ -462,7 +503,8 @@ def targets(serving: Dict[str, Any], args: argparse.Namespace) -> List[Dict[str,
         "target": f"logging lowers closed-loop throughput by <= {THROUGHPUT_LOSS_TARGET:.0%} "
                   f"(on / {baseline})",
         "met": bool(ratio >= 1.0 - THROUGHPUT_LOSS_TARGET),
-        "detail": f"{closed['on']['rps']:.0f} / {closed[baseline]['rps']:.0f} req/s = {ratio:.3f}"})
+        "detail": f"{closed['on']['rps']:.0f} / {closed[baseline]['rps']:.0f} req/s = {ratio:.3f}; "
+                  f"rounds of a variant differ by up to {serving['closed_round_spread']:.0%}"})
   return checks
 
 
@@ -485,6 +527,7 @@ def main(argv=None) -> None:
   args = build_parser().parse_args(argv)
   if not 0 < args.seconds <= 60 or args.rate <= 0 or not 1 <= args.concurrency <= 64:
     raise SystemExit("need 0 < --seconds <= 60, --rate > 0 and 1 <= --concurrency <= 64")
+  load_at_start = os.getloadavg()[0]
   available = sorted(os.sched_getaffinity(0))
   cpus = {"server": available[:SERVER_CORES]}
   cpus["client"] = available[SERVER_CORES:] or cpus["server"]
@@ -523,6 +566,8 @@ def main(argv=None) -> None:
   checks = targets(serving, args)
   plot = plot_latency(serving.pop("cdf"), latencies[SERVING_MOVIES]["serving_model_act"],
                       args.rate, args.output_dir / "serving_latency.png")
+  print(f"\nratings: {ratings.source}; {len(available)} CPUs; 1-minute load average at start "
+        f"{load_at_start:.2f}")
   print_policy(policy)
   print_serving(serving, act, args, cpus)
   print()
@@ -530,7 +575,7 @@ def main(argv=None) -> None:
     print(f"target met: {'yes' if check['met'] else 'no'} -- {check['target']} ({check['detail']})")
   report = args.output_dir / "serving.json"
   report.write_text(json.dumps({
-      "ratings": ratings.source, "cpus": cpus, "rank_k": RANK_K, "logged_samples": LOGGED_SAMPLES,
+      "ratings": ratings.source, "cpus": cpus, "load_average_1min_at_start": load_at_start, "rank_k": RANK_K, "logged_samples": LOGGED_SAMPLES,
       "seconds": args.seconds, "rate": args.rate, "concurrency": args.concurrency,
       "logging": LOGGING, "policy": policy, "serving": serving, "targets": checks}, indent=2))
   print(f"\nreport: {report}; plot: {plot}")

@@ -42,12 +42,20 @@ SCHEMAS = {table: [bigquery.SchemaField(column, *_COLUMN_TYPES[column]) for colu
 CLUSTERING_FIELDS = ["request_id"]
 # Serialized @rows of one MERGE at most: far below BigQuery's 10 MB request limit.
 MAX_PARAMETER_BYTES = 2 * 2**20
+# tables.get reports legacy type names whatever a table was created with.
+_STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64"}
 _URI_RE = re.compile(r"bq://([a-z][a-z0-9.:-]*[a-z0-9])\.([A-Za-z0-9_]{1,1024})")
 
 
 def make_client(project: str) -> bigquery.Client:
   """A BigQuery client running jobs in `project`; called on first use, never at import."""
   return bigquery.Client(project=project)
+
+
+def _columns(schema: List[bigquery.SchemaField]) -> List[Tuple[str, str, bool]]:
+  """(name, standard SQL type, repeated) of each field."""
+  return [(field.name, _STANDARD_TYPES.get(field.field_type, field.field_type),
+           field.mode == "REPEATED") for field in schema]
 
 
 def ensure_tables(client: bigquery.Client, project: str, dataset: str) -> None:
@@ -74,10 +82,9 @@ def ensure_tables(client: bigquery.Client, project: str, dataset: str) -> None:
       table = bigquery.Table(table_id, schema=schema)
       table.clustering_fields = CLUSTERING_FIELDS
       table = client.create_table(table, exists_ok=True)
-    found = [(field.name, field.field_type, field.mode) for field in table.schema]
-    expected = [(field.name, field.field_type, field.mode) for field in schema]
-    if found != expected:
-      raise ValueError(f"{project}.{dataset}.{table_name} has columns {found}, expected {expected}")
+    if _columns(table.schema) != _columns(schema):
+      raise ValueError(f"{table_id} has columns {_columns(table.schema)}, "
+                       f"expected {_columns(schema)}")
 
 
 def _merge_sql(table_id: str, columns: Tuple[str, ...]) -> str:

@@ -1,5 +1,6 @@
 """Tests of the BigQuery warehouse against a fake of the BigQuery client (the network edge)."""
 import collections
+import contextlib
 import math
 import re
 import sqlite3
@@ -81,7 +82,7 @@ class FakeClient:
         new = ids - self._merged[merge.group(1)]
         self._merged[merge.group(1)] |= new
         return FakeJob(num_dml_affected_rows=len(new))
-    with sqlite3.connect(":memory:") as connection:
+    with contextlib.closing(sqlite3.connect(":memory:")) as connection:
       connection.execute(f'ATTACH DATABASE ? AS "{PROJECT}.{DATASET}"', (self._sqlite_path,))
       return FakeJob(connection.execute(sql).fetchall())
 
@@ -98,8 +99,9 @@ def _decode(value, value_type):
 def merged_rows(client: FakeClient):
   """{table id: [row dict, ...]} of every MERGE request, decoded from its wire form."""
   rows = collections.defaultdict(list)
-  for method, sql, job in (request for request in client.requests if request[0] == "query"):
-    if sql.startswith("MERGE"):
+  for request in client.requests:
+    if request[0] == "query" and request[1].startswith("MERGE"):
+      _, sql, job = request
       parameter, = job["query"]["queryParameters"]
       types = {field["name"]: field["type"]
                for field in parameter["parameterType"]["arrayType"]["structTypes"]}
@@ -109,14 +111,14 @@ def merged_rows(client: FakeClient):
   return rows
 
 
-def _prediction(i, prefix="r"):
-  return {"request_id": f"{prefix}{i}", "event_time": 1000.0 + i / 3,
+def _prediction(i):
+  return {"request_id": f"r{i}", "event_time": 1000.0 + i / 3,
           "observation": [0.1 * i, -1 / 3, 2.5], "action": i % 5, "propensity": 0.2,
           "model_version": "7", "source": "endpoint"}
 
 
-def _feedback(i, prefix="r"):
-  return {"request_id": f"{prefix}{i}", "event_time": 2000.0 + i, "reward": i / 7}
+def _feedback(i):
+  return {"request_id": f"r{i}", "event_time": 2000.0 + i, "reward": i / 7}
 
 
 def test_schemas_have_the_sqlite_tables_columns(tmp_path):
@@ -163,6 +165,20 @@ def test_ensure_tables_creates_dataset_and_clustered_tables_idempotently():
   bigquery.ensure_tables(client, PROJECT, DATASET)
   bigquery.ensure_tables(client, PROJECT, DATASET)
   assert client.requests == ENSURE_REQUESTS + EXISTING_REQUESTS
+
+
+def test_ensure_tables_accepts_existing_tables_as_bigquery_reports_them():
+  client = FakeClient()
+  client.create_dataset(bigquery_lib.Dataset(f"{PROJECT}.{DATASET}"))
+  for table, schema in bigquery.SCHEMAS.items():
+    # Legacy type names, modes left NULLABLE (e.g. made by `bq mk`): same columns.
+    reported = [bigquery_lib.SchemaField(
+        f.name, {"INT64": "INTEGER", "FLOAT64": "FLOAT"}.get(f.field_type, f.field_type),
+        "REPEATED" if f.mode == "REPEATED" else "NULLABLE") for f in schema]
+    client.create_table(bigquery_lib.Table(f"{PROJECT}.{DATASET}.{table}", schema=reported))
+  del client.requests[:]
+  bigquery.ensure_tables(client, PROJECT, DATASET)
+  assert client.requests == EXISTING_REQUESTS
 
 
 def test_ensure_tables_rejects_an_existing_table_with_other_columns():

@@ -254,6 +254,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   return 0
 
 
+def _cmd_bigquery_init(args: argparse.Namespace) -> int:
+  gcp = gcp_from_args(args)
+  from rlops import bigquery  # pylint: disable=import-outside-toplevel
+  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset)
+  print(f"tables predictions and feedback exist in {gcp.project}.{gcp.dataset}")
+  return 0
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from rlops import deploy  # pylint: disable=import-outside-toplevel
@@ -396,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_arguments(deploy)
   _add_gcp_arguments(deploy)
   deploy.set_defaults(handler=_cmd_deploy)
+
+  bigquery_init = commands.add_parser(
+      "bigquery-init", help="create the BigQuery dataset and tables if missing (idempotent)")
+  _add_gcp_arguments(bigquery_init)
+  bigquery_init.set_defaults(handler=_cmd_bigquery_init)
 
   lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
   lineage.add_argument("--model", default="latest", help="'latest' pushed, or an artifact id")
