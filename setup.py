@@ -12,6 +12,9 @@ INSTALL_REQUIRES = [
     "fastapi==0.103.2",
     "uvicorn==0.30.6",
     "functions-framework==3.8.3",
+    "google-cloud-aiplatform==1.91.0",
+    "google-cloud-bigquery>=3.41,<4",  # 3.47 needs Python 3.10; the lock files pin each
+    "google-cloud-pubsub==2.36.0",
     "httpx==0.27.2",
     "matplotlib==3.9.2",
     "tqdm==4.67.1",

@@ -189,6 +189,7 @@ def train_and_save(model: environment.MovieLensModel, directory: str, ucb_direct
 
 
 def saved_policy_call(path: str) -> Callable:
+  """`call(time_step) -> actions` of the PolicySaver SavedModel at `path`."""
   saved = tf.saved_model.load(path)
   state = saved.get_initial_state(1)
   return lambda time_step: saved.action(time_step, state).action.numpy()
@@ -397,7 +398,8 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
   # Relative spread between rounds of the same variant: the noise of a throughput ratio.
   spread = max((max(f["rps_per_run"]) - min(f["rps_per_run"])) / f["rps"] for f in closed.values())
   return {"open": {name: pooled(runs) for name, runs in raw["open"].items()},
-          "closed": closed, "closed_round_spread": spread, "checks": checks, "load_average_1min": [load_before, os.getloadavg()[0]],
+          "closed": closed, "closed_round_spread": spread, "checks": checks,
+          "load_average_1min": [load_before, os.getloadavg()[0]],
           "cdf": {mode: {name: np.sort(np.concatenate([run["latencies"] for run in runs]))
                          for name, runs in raw[mode].items()} for mode in raw}}
 
@@ -440,9 +442,11 @@ def print_policy(policy: Dict[int, Dict[str, Dict[str, float]]]) -> None:
           f"{figures['tf_agents_ucb_savedmodel']['p50_ms'] / act:>11.0f}x "
           f"{figures['serving_savedmodel']['p50_ms'] / act:>18.0f}x")
   print("  tf-agents UCB: PolicySaver(agent.policy), alpha 10, a linear solve per arm and call "
-        "(the issue's baseline).\n  serving SavedModel: model_io.save's policy/, epsilon-greedy over "
-        "the greedy arm from theta (no solves).\n  ServingModel.act: the server's NumPy fast path "
-        "(greedy arm and propensity); SavedModel inputs are prebuilt TimeSteps.")
+        "(the issue's baseline).\n"
+        "  serving SavedModel: model_io.save's policy/, epsilon-greedy over the greedy arm from "
+        "theta (no solves).\n"
+        "  ServingModel.act: the server's NumPy fast path (greedy arm and propensity); SavedModel "
+        "inputs are prebuilt TimeSteps.")
 
 
 def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse.Namespace,
@@ -516,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open-loop requests per second (default: %(default)s)")
   parser.add_argument("--concurrency", type=int, default=8,
                       help="keep-alive connections (default: %(default)s)")
-  parser.add_argument("--seed", type=int, default=0, help="data and training (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="data and training (default: %(default)s)")
   parser.add_argument("--output-dir", type=pathlib.Path,
                       default=pathlib.Path(__file__).resolve().parent / "results",
                       help="where the JSON and PNG go (default: bench/results)")
@@ -575,7 +580,8 @@ def main(argv=None) -> None:
     print(f"target met: {'yes' if check['met'] else 'no'} -- {check['target']} ({check['detail']})")
   report = args.output_dir / "serving.json"
   report.write_text(json.dumps({
-      "ratings": ratings.source, "cpus": cpus, "load_average_1min_at_start": load_at_start, "rank_k": RANK_K, "logged_samples": LOGGED_SAMPLES,
+      "ratings": ratings.source, "cpus": cpus, "load_average_1min_at_start": load_at_start,
+      "rank_k": RANK_K, "logged_samples": LOGGED_SAMPLES,
       "seconds": args.seconds, "rate": args.rate, "concurrency": args.concurrency,
       "logging": LOGGING, "policy": policy, "serving": serving, "targets": checks}, indent=2))
   print(f"\nreport: {report}; plot: {plot}")

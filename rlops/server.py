@@ -16,8 +16,9 @@ request path never waits on the warehouse.
 
 Vertex sets AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE and
 AIP_STORAGE_URI; `main` also reads RLOPS_HOST (default 127.0.0.1),
-RLOPS_OUTBOX and where logs go: RLOPS_LOG_URL (a Logger function served over
-HTTP) or RLOPS_WAREHOUSE (the Logger's code in process, on a SQLite file).
+RLOPS_OUTBOX and where logs go (`log_sinks.sink_from_env`): RLOPS_LOG_TOPIC
+(Pub/Sub, production), RLOPS_LOG_URL (a Logger function served over HTTP) or
+RLOPS_WAREHOUSE (the Logger's code in process).
 Run one worker per outbox: the outbox is shared through in-process locks.
 """
 import contextlib

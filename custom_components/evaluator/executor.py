@@ -72,18 +72,18 @@ class Executor(evaluator_executor.Executor):
     config = Config.from_json(exec_properties["config"])
     examples = artifact_utils.get_single_instance(input_dict["examples"])
     records = examples_io.read_split(examples, "eval", config.environment.rank_k)
-    simulation = simulation.MovieLensModel.from_config(config)
+    simulated = simulation.MovieLensModel.from_config(config)
     candidate = artifact_utils.get_single_instance(input_dict["model"])
     baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
 
     candidate_report = _policy_report(path_utils.serving_model_path(candidate.uri), records,
-                                      simulation, config)
+                                      simulated, config)
     if baseline is not None:
       baseline_report = _policy_report(path_utils.serving_model_path(baseline.uri), records,
-                                       simulation, config)
+                                       simulated, config)
       baseline_name = f"blessed model {baseline.id}"
     else:
-      baseline_report = _logging_policy_report(records, simulation)
+      baseline_report = _logging_policy_report(records, simulated)
       baseline_name = "logging policy"
     blessed, reasons = gate(candidate_report, baseline_report, config.pipeline.gate_metrics,
                             config.pipeline.gate_tolerance)

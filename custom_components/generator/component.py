@@ -16,7 +16,7 @@ class GeneratorSpec(component_spec.ComponentSpec):
       "config": component_spec.ExecutionParameter(type=str),
       # Event time stamped on every record, inside the span the Ingester reads next.
       "event_time": component_spec.ExecutionParameter(type=float),
-      # The warehouse: a SQLite file locally.
+      # The warehouse: a SQLite file locally, "bq://project.dataset" in production.
       "warehouse": component_spec.ExecutionParameter(type=str),
   }
   INPUTS = {}

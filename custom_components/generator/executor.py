@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
 from rlops import bigquery
-from rlops import environment
+from rlops import simulation
 from rlops.config import Config
 
 LOGGING_POLICY = "uniform-random"
@@ -31,7 +31,7 @@ class _SimulateChunk(beam.DoFn):
 
   def setup(self):
     config = Config.from_json(self._config_json)
-    self._model = environment.MovieLensModel.from_config(config)
+    self._model = simulation.MovieLensModel.from_config(config)
     self._seed = config.environment.seed
 
   def process(self, index_range: Tuple[int, int]) -> Iterator[Tuple[List[dict], List[dict]]]:

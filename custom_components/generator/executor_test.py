@@ -5,7 +5,7 @@ from custom_components.artifacts import Interactions
 from custom_components.generator import executor
 from rlops import bigquery
 from rlops import bigquery_test
-from rlops import environment
+from rlops import simulation
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 
@@ -24,7 +24,7 @@ def test_logs_every_record_once_with_the_reward_of_its_own_user(tmp_path):
   expected_ids = [executor.request_id("gen-1000", index) for index in range(samples)]
   assert sorted(records["request_id"]) == expected_ids  # no duplicates, no gaps
   assert interactions.get_int_custom_property("record_count") == samples
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   np.testing.assert_allclose(records["propensity"], 1.0 / model.num_movies)
   # Each reward is the approximate rating of exactly the user whose context was logged.
   distances = ((records["observation"][:, None, :] - model.user_vectors[None]) ** 2).sum(-1)
@@ -62,7 +62,7 @@ def test_writes_every_record_exactly_once_to_bigquery_by_merge(tmp_path, monkeyp
   expected_ids = [executor.request_id("gen-1000", index) for index in range(config.pipeline.samples)]
   assert sorted(row["request_id"] for row in rows[f"{table}.predictions"]) == expected_ids
   assert sorted(row["request_id"] for row in rows[f"{table}.feedback"]) == expected_ids
-  model = environment.MovieLensModel.from_config(config)
+  model = simulation.MovieLensModel.from_config(config)
   assert {(row["propensity"], row["model_version"], row["source"], len(row["observation"]))
           for row in rows[f"{table}.predictions"]} == {
               (1.0 / model.num_movies, executor.LOGGING_POLICY, "generator", model.rank_k)}
