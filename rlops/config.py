@@ -166,6 +166,8 @@ class GcpConfig:
     serving_machine_type: Machine type of the endpoint's replicas.
     serving_min_replicas: Fewest replicas of a deployed model.
     serving_max_replicas: Most replicas of a deployed model.
+    trainer_cpu_limit: vCPUs of the Vertex custom job the Trainer task runs as.
+    trainer_memory_limit: Memory (GiB) of that custom job.
   """
   project: str
   region: str
@@ -180,6 +182,8 @@ class GcpConfig:
   serving_machine_type: str = "n1-standard-2"
   serving_min_replicas: int = 1
   serving_max_replicas: int = 2
+  trainer_cpu_limit: float = 8.0
+  trainer_memory_limit: float = 32.0
 
   @property
   def pipeline_root(self) -> str:
@@ -225,6 +229,8 @@ class GcpConfig:
                           f"got {getattr(self, field)!r}")
     if self.dataflow_max_workers < 1:
       raise ConfigError(f"gcp.dataflow_max_workers must be positive, got {self.dataflow_max_workers}")
+    if self.trainer_cpu_limit <= 0 or self.trainer_memory_limit <= 0:
+      raise ConfigError("gcp.trainer_cpu_limit and gcp.trainer_memory_limit must be positive")
     if not 1 <= self.serving_min_replicas <= self.serving_max_replicas:
       raise ConfigError("gcp.serving replicas need 1 <= min <= max, got "
                         f"{self.serving_min_replicas} and {self.serving_max_replicas}")

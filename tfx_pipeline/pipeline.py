@@ -147,6 +147,12 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
   trainer = Trainer(examples=ingester.outputs["examples"], config=config,
                     window_end=trained_window_end,
                     base_model=latest_blessed.outputs["model"] if mode == RETRAIN else None)
+  if target == VERTEX:
+    # Vertex runs each task as a custom job; the Trainer's gets its own machine size.
+    from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+    trainer.with_platform_config(
+        pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+            cpu_limit=config.gcp.trainer_cpu_limit, memory_limit=config.gcp.trainer_memory_limit))
   evaluator = Evaluator(examples=ingester.outputs["examples"], model=trainer.outputs["model"],
                         baseline_model=latest_blessed.outputs["model"], config=config)
   if target == LOCAL:

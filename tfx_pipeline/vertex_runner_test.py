@@ -323,3 +323,10 @@ def test_local_variant_keeps_sqlite_query_and_filesystem_push(tmp_path):
     pipeline_lib.create_pipeline(CONFIG, pipeline_lib.RETRAIN, span=2, window_begin=100.0,
                                  window_end=200.0, pipeline_root=GCP.pipeline_root,
                                  warehouse=GCP.warehouse, target=pipeline_lib.VERTEX)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_trainer_custom_job_gets_its_machine_size(compiled, mode):
+  resources = _container(compiled(mode), "Trainer")["resources"]
+  assert resources["cpuLimit"] == CONFIG.gcp.trainer_cpu_limit
+  assert resources["memoryLimit"] == CONFIG.gcp.trainer_memory_limit
