@@ -17,6 +17,7 @@ test: setup
 bench: setup
 	$(PY) bench/policy_quality.py
 	$(PY) bench/pipeline_cost.py
+	$(PY) bench/serving.py
 
 lock:
 	for v in 3.9 3.10; do \

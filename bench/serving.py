@@ -56,11 +56,11 @@ from tf_agents.policies import policy_saver
 from tf_agents.trajectories import time_step as ts
 from tqdm.auto import tqdm
 
-from rlops import environment
 from rlops import log_sinks
 from rlops import model_io
 from rlops import movielens
 from rlops import server
+from rlops import simulation
 from rlops import training
 from rlops.config import AgentConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -173,7 +173,7 @@ def time_calls(call: Callable, inputs: Sequence, desc: str) -> np.ndarray:
   return np.array(latencies)
 
 
-def train_and_save(model: environment.MovieLensModel, directory: str, ucb_directory: str,
+def train_and_save(model: simulation.MovieLensModel, directory: str, ucb_directory: str,
                    seed: int) -> None:
   """LinUCB trained on uniformly logged records: `model_io.save`, and `agent.policy` saved alone."""
   rng = np.random.default_rng(seed)
@@ -195,7 +195,7 @@ def saved_policy_call(path: str) -> Callable:
   return lambda time_step: saved.action(time_step, state).action.numpy()
 
 
-def policy_latency(model: environment.MovieLensModel, directory: str, ucb_directory: str,
+def policy_latency(model: simulation.MovieLensModel, directory: str, ucb_directory: str,
                    contexts: np.ndarray) -> Dict[str, np.ndarray]:
   """Seconds of one-context calls of the two SavedModels and of `ServingModel.act`."""
   time_steps = [ts.restart(tf.constant(context[None]), batch_size=1) for context in contexts]
@@ -549,7 +549,7 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as workdir:
     models = {}
     for movies in MOVIES:
-      model = environment.MovieLensModel(ratings, movies, RANK_K)
+      model = simulation.MovieLensModel(ratings, movies, RANK_K)
       rng = np.random.default_rng(args.seed + 1)
       contexts[movies] = model.observe(rng.integers(model.num_users, size=NUM_CONTEXTS))
       models[movies] = (model, os.path.join(workdir, f"movies{movies}"),

@@ -30,11 +30,14 @@ class InProcessSink:
   """Calls the Logger function's code directly, writing to a SQLite path or bq:// warehouse."""
 
   def __init__(self, warehouse_uri: str):
+    # Imported here, not on the first delivery: it takes seconds (Google clients), which
+    # would otherwise hold up the first logs after a server starts.
+    from functions.logger import main as logger  # pylint: disable=import-outside-toplevel
+    self._logger = logger
     self.warehouse_uri = warehouse_uri
 
   def deliver(self, message: Dict[str, Any]) -> None:
-    from functions.logger import main as logger  # pylint: disable=import-outside-toplevel
-    logger.write_message(message, self.warehouse_uri)
+    self._logger.write_message(message, self.warehouse_uri)
 
 
 class PubSubSink:
