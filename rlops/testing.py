@@ -1,7 +1,15 @@
-"""Small, fast fixtures shared by tests: a seeded MovieLens-shaped set and its bandit model."""
+"""Shared by tests: a small seeded MovieLens-shaped set and its bandit model, served traffic
+logged in process, and the users behind logged contexts."""
 import functools
+import os
+import time
+import uuid
 
-from rlops import movielens, simulation
+import numpy as np
+
+from rlops import agents, model_io, movielens, simulation
+from rlops import warehouse as warehouse_lib
+from tfx_pipeline import local_runner
 
 
 @functools.lru_cache(maxsize=None)
@@ -12,3 +20,35 @@ def small_ratings(seed: int = 0) -> movielens.Ratings:
 @functools.lru_cache(maxsize=None)
 def small_model(num_movies: int = 10, rank_k: int = 4) -> simulation.MovieLensModel:
   return simulation.MovieLensModel(small_ratings(), num_movies=num_movies, rank_k=rank_k)
+
+
+def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
+                       warehouse: warehouse_lib.Warehouse, requests: int, seed: int = 0) -> dict:
+  """Serves `requests` simulated users with the newest pushed policy and logs each
+  prediction (context, action, exact propensity, version) and its reward: what the
+  endpoint, Logger and Simulator do across processes, in one."""
+  version = local_runner.latest_pushed_version(serving_directory)
+  policy = model_io.load_serving_policy(os.path.join(serving_directory, version))
+  rng = np.random.default_rng(seed)
+  users = rng.integers(0, model.num_users, size=requests)
+  observations = model.observe(users)
+  step = policy.action(agents.restart(observations), seed=seed)
+  actions = step.action.numpy()
+  propensities = np.exp(step.info.log_probability.numpy())
+  rewards = model.reward(users, actions)
+  now = time.time()
+  ids = [uuid.uuid4().hex for _ in range(requests)]
+  warehouse.insert_predictions([
+      {"request_id": rid, "event_time": now, "observation": obs.tolist(), "action": int(action),
+       "propensity": float(p), "model_version": version, "source": "simulator"}
+      for rid, obs, action, p in zip(ids, observations, actions, propensities)])
+  warehouse.insert_feedback([{"request_id": rid, "event_time": now, "reward": float(r)}
+                             for rid, r in zip(ids, rewards)])
+  return {"model_version": version, "requests": requests, "mean_reward": float(rewards.mean()),
+          "regret": float(model.regret(users, actions).mean())}
+
+
+def users_of(model: simulation.MovieLensModel, observations: np.ndarray) -> np.ndarray:
+  """The user rows whose contexts the observations are (nearest, for float round trips)."""
+  distances = ((observations[:, None, :] - model.user_vectors[None]) ** 2).sum(-1)
+  return distances.argmin(axis=1)

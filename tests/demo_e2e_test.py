@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from rlops import cli, simulation
+from rlops import cli, simulation, testing
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig
 from tfx_pipeline import local_runner
@@ -33,7 +33,6 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
   records = store.rewarded_records()
   served = records["model_version"] != "uniform-random"
   assert served.sum() == sum(v["count"] for row in report["rounds"] for v in row["versions"].values())
-  distances = ((records["observation"][served][:, None] - model.user_vectors[None]) ** 2).sum(-1)
-  users = distances.argmin(axis=1)
+  users = testing.users_of(model, records["observation"][served])
   np.testing.assert_allclose(records["reward"][served], model.reward(users, records["action"][served]),
                              rtol=1e-5, atol=1e-5)

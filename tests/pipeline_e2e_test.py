@@ -5,7 +5,7 @@ import uuid
 
 import numpy as np
 
-from rlops import simulation, traffic
+from rlops import simulation, testing
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 from tfx_pipeline import local_runner, metadata
@@ -62,7 +62,7 @@ def test_startup_then_retraining_with_gate_and_lineage(tmp_path):
   time.sleep(1)
   model = simulation.MovieLensModel.from_config(config)
   with_traffic = warehouse_lib.Warehouse(paths.warehouse)
-  traffic.log_policy_traffic(model, paths.serving, with_traffic, requests=2000)
+  testing.log_policy_traffic(model, paths.serving, with_traffic, requests=2000)
   with_traffic.close()
   time.sleep(1)
   retrain = local_runner.run(config, "retrain")

@@ -6,6 +6,7 @@ from custom_components.generator import executor
 from rlops import bigquery
 from rlops import bigquery_test
 from rlops import simulation
+from rlops import testing
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 
@@ -27,8 +28,7 @@ def test_logs_every_record_once_with_the_reward_of_its_own_user(tmp_path):
   model = simulation.MovieLensModel.from_config(config)
   np.testing.assert_allclose(records["propensity"], 1.0 / model.num_movies)
   # Each reward is the approximate rating of exactly the user whose context was logged.
-  distances = ((records["observation"][:, None, :] - model.user_vectors[None]) ** 2).sum(-1)
-  users = distances.argmin(axis=1)
+  users = testing.users_of(model, records["observation"])
   np.testing.assert_allclose(records["reward"], model.reward(users, records["action"]), rtol=1e-5)
   # Uniform actions.
   counts = np.bincount(records["action"], minlength=model.num_movies)

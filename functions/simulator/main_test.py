@@ -6,7 +6,7 @@ import numpy as np
 
 from functions import testing_utils
 from functions.simulator import main as simulator
-from rlops import log_sinks, model_io, server, simulation, training
+from rlops import log_sinks, model_io, server, simulation, testing, training
 from rlops import warehouse as warehouse_lib
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, GcpConfig
 
@@ -39,8 +39,7 @@ def test_scheduled_tick_sends_requests_and_the_reward_of_that_user_and_movie(tmp
     assert app.state.logger.flush(timeout=30.0)
   records = warehouse_lib.Warehouse(path).rewarded_records()
   assert len(records["request_id"]) == 40
-  distances = ((records["observation"][:, None] - model.user_vectors[None]) ** 2).sum(-1)
-  users = distances.argmin(axis=1)
+  users = testing.users_of(model, records["observation"])
   np.testing.assert_allclose(records["reward"], model.reward(users, records["action"]), atol=1e-5)
 
 

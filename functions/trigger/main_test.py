@@ -5,7 +5,7 @@ import time
 import types
 
 from functions.trigger import main as trigger
-from rlops import simulation, traffic
+from rlops import simulation, testing
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig
 from tfx_pipeline import local_runner
@@ -14,7 +14,7 @@ from tfx_pipeline import local_runner
 def _serve_traffic(config, requests):
   paths = local_runner.LocalPaths(config.workdir)
   store = warehouse_lib.Warehouse(paths.warehouse)
-  traffic.log_policy_traffic(simulation.MovieLensModel.from_config(config), paths.serving, store,
+  testing.log_policy_traffic(simulation.MovieLensModel.from_config(config), paths.serving, store,
                              requests, seed=requests)
   store.close()
   time.sleep(1.1)  # Let the second of these records end: windows end at whole seconds.
