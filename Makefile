@@ -2,6 +2,8 @@
 PY := .venv/bin/python
 LOCK_PLATFORM := x86_64-unknown-linux-gnu
 WORKDIR ?= rlops-work
+# setup_env.sh installs uv here when it is not on PATH.
+UV ?= $(shell command -v uv || echo .cache/tools/bin/uv)
 
 .PHONY: setup demo test bench lock clean
 
@@ -9,7 +11,7 @@ setup:
 	@bash setup_env.sh
 
 demo: setup
-	$(PY) -m rlops.cli demo --workdir $(WORKDIR)
+	$(PY) -m cli.main demo --workdir $(WORKDIR)
 
 test: setup
 	$(PY) -m pytest
@@ -19,9 +21,9 @@ bench: setup
 	$(PY) bench/pipeline_cost.py
 	$(PY) bench/serving.py
 
-lock:
+lock: setup
 	for v in 3.9 3.10; do \
-	  uv pip compile --quiet --python-platform $(LOCK_PLATFORM) --python-version $$v setup.py --extra test \
+	  $(UV) pip compile --quiet --python-platform $(LOCK_PLATFORM) --python-version $$v setup.py --extra test \
 	    --custom-compile-command "make lock" -o requirements-py$$(echo $$v | tr -d .).lock; \
 	done
 

@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "numpy==1.26.4",
     "fastapi==0.103.2",
     "uvicorn==0.30.6",
+    "uvloop==0.21.0",
+    "httptools==0.6.4",
     "functions-framework==3.8.3",
     "google-cloud-aiplatform==1.91.0",
     "google-cloud-bigquery>=3.41,<4",  # 3.47 needs Python 3.10; the lock files pin each
@@ -19,15 +21,21 @@ INSTALL_REQUIRES = [
     "matplotlib==3.9.2",
     "tqdm==4.67.1",
 ]
-TEST_REQUIRES = ["pytest==8.3.3", "pytest-xdist==3.6.1"]
+TEST_REQUIRES = [
+    "pytest==8.3.3",
+    "pytest-xdist==3.6.1",
+    "hypothesis==6.122.3",
+    "import-linter==2.1",
+    "ruff==0.8.4",
+]
 
 setup(
     name="rlops",
     version="0.1.0",
     description="Contextual-bandit movie recommender with a closed MLOps loop on TFX and TF-Agents",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["rlops*", "tfx_pipeline*", "custom_components*", "functions*"]),
+    packages=find_packages(include=["rlops*", "custom_components*", "tfx_pipeline*", "functions*", "cli*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["rlops=rlops.cli:main"]},
+    entry_points={"console_scripts": ["rlops=cli.main:main"]},
 )

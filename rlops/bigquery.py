@@ -11,19 +11,18 @@ written by one parameterized MERGE per table and batch,
 so a redelivered batch inserts nothing (at-least-once delivery, de-duplicated by
 request_id). One query job per batch is atomic, needs no staging table and no
 load job, and leaves no rows in a streaming buffer (which DML cannot touch for
-about 30 minutes). `warehouse_from_uri` picks this or the SQLite warehouse.
+about 30 minutes). `rlops.warehouse.open_warehouse` picks this or the SQLite warehouse.
 """
 import json
 import math
 import re
-from typing import Any, Iterable, Iterator, List, Mapping, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Mapping, Tuple
 
 from google.api_core import exceptions
 from google.cloud import bigquery
 
 from rlops import warehouse as warehouse_lib
 
-URI_SCHEME = "bq://"
 # BigQuery type and mode of every warehouse column.
 _COLUMN_TYPES = {
     "request_id": ("STRING", "REQUIRED"),
@@ -182,15 +181,3 @@ def parse_uri(uri: str) -> Tuple[str, str]:
   if not match:
     raise ValueError(f"a BigQuery warehouse is bq://project.dataset, got {uri!r}")
   return match.group(1), match.group(2)
-
-
-def warehouse_from_uri(uri: str) -> Union[BigQueryWarehouse, warehouse_lib.Warehouse]:
-  """The warehouse at "bq://project.dataset" (tables created if missing) or a SQLite path."""
-  if uri.startswith(URI_SCHEME):
-    project, dataset = parse_uri(uri)
-    client = make_client(project)
-    ensure_tables(client, project, dataset)
-    return BigQueryWarehouse(client, project, dataset)
-  if "://" in uri:
-    raise ValueError(f"a warehouse is bq://project.dataset or a SQLite file path, got {uri!r}")
-  return warehouse_lib.Warehouse(uri)

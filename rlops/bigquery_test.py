@@ -292,22 +292,22 @@ def test_count_rewarded_sends_the_local_training_query_with_the_dataset_prefix(t
   assert store.count_rewarded() == 6
 
 
-def test_warehouse_from_uri(monkeypatch, tmp_path):
+def test_open_warehouse(monkeypatch, tmp_path):
   client = FakeClient()
   projects = []
   monkeypatch.setattr(bigquery, "make_client", lambda project: projects.append(project) or client)
-  store = bigquery.warehouse_from_uri(URI)
+  store = warehouse_lib.open_warehouse(URI)
   assert isinstance(store, bigquery.BigQueryWarehouse)
   assert (store.project, store.dataset, projects) == (PROJECT, DATASET, [PROJECT])
   assert client.requests == ENSURE_REQUESTS
   store.close()
   assert client.closed
 
-  local = bigquery.warehouse_from_uri(str(tmp_path / "w.sqlite"))
+  local = warehouse_lib.open_warehouse(str(tmp_path / "w.sqlite"))
   assert isinstance(local, warehouse_lib.Warehouse) and local.path == str(tmp_path / "w.sqlite")
   assert bigquery.parse_uri("bq://example.com:my-project.logs_1") == ("example.com:my-project",
                                                                       "logs_1")
   for bad in ("bq://project", "bq://Project.logs", "bq://my-project.logs-1", "gs://bucket/w.db"):
     with pytest.raises(ValueError, match="bq://project.dataset"):
-      bigquery.warehouse_from_uri(bad)
+      warehouse_lib.open_warehouse(bad)
   assert len(projects) == 1

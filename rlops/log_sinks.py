@@ -1,5 +1,11 @@
-"""Where logs go: to the Logger function via Pub/Sub, as a CloudEvent over HTTP, or in process."""
+"""The log transport: messages of prediction logs and feedback, how the Logger writes them,
+and where they go (Pub/Sub to the Logger function, a CloudEvent over HTTP, or in process).
+
+A message is JSON: {"predictions": [...], "feedback": [...]}, either list optional, rows as
+in `rlops.warehouse`. Delivery is at least once; the warehouse de-duplicates by request_id.
+"""
 import base64
+import functools
 import json
 import os
 import re
@@ -9,6 +15,8 @@ import uuid
 from typing import Any, Dict, Protocol
 
 import httpx
+
+from rlops import warehouse as warehouse_lib
 
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 _TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
@@ -26,18 +34,43 @@ def encode_message(message: Dict[str, Any]) -> bytes:
   return json.dumps(message).encode()
 
 
+def decode_pubsub_event(data: Dict[str, Any]) -> Dict[str, Any]:
+  """The JSON message inside a Pub/Sub `messagePublished` CloudEvent's data."""
+  try:
+    return json.loads(base64.b64decode(data["message"]["data"]))
+  except (KeyError, TypeError, ValueError) as error:
+    raise ValueError(f"not a Pub/Sub message with JSON data: {error}") from error
+
+
+@functools.lru_cache(maxsize=None)
+def _warehouse(uri: str):
+  """One warehouse (and BigQuery client) per URI and process, across messages."""
+  return warehouse_lib.open_warehouse(uri)
+
+
+def write_message(message: Dict[str, Any], warehouse_uri: str) -> Dict[str, int]:
+  """What the Logger does with a message: writes its rows; returns how many were new.
+
+  Args:
+    message: {"predictions": [...], "feedback": [...]}.
+    warehouse_uri: "bq://project.dataset" or the path of a SQLite warehouse.
+  """
+  unknown = set(message) - {"predictions", "feedback"}
+  if unknown:
+    raise ValueError(f"unknown message fields: {sorted(unknown)}")
+  store = _warehouse(warehouse_uri)
+  return {"predictions": store.insert_predictions(message.get("predictions", [])),
+          "feedback": store.insert_feedback(message.get("feedback", []))}
+
+
 class InProcessSink:
-  """Calls the Logger function's code directly, writing to a SQLite path or bq:// warehouse."""
+  """Runs the Logger's code in this process, writing to a SQLite path or bq:// warehouse."""
 
   def __init__(self, warehouse_uri: str):
-    # Imported here, not on the first delivery: it takes seconds (Google clients), which
-    # would otherwise hold up the first logs after a server starts.
-    from functions.logger import main as logger  # pylint: disable=import-outside-toplevel
-    self._logger = logger
     self.warehouse_uri = warehouse_uri
 
   def deliver(self, message: Dict[str, Any]) -> None:
-    self._logger.write_message(message, self.warehouse_uri)
+    write_message(message, self.warehouse_uri)
 
 
 class PubSubSink:

@@ -8,7 +8,8 @@
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Tuple
+import re
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +24,23 @@ from rlops.config import AgentConfig
 METADATA_FILE = "rlops_model.json"
 CHECKPOINT_DIR = "checkpoint"
 POLICY_DIR = "policy"
+# Pusher's numbered version folders under its base directory.
+VERSION_RE = re.compile(r"[0-9]+")
+
+
+def versions(base_directory: str) -> List[str]:
+  """The numbered version folders Pusher wrote under `base_directory`, oldest first."""
+  names = [name for name in tf.io.gfile.listdir(base_directory)
+           if VERSION_RE.fullmatch(name.rstrip("/"))]
+  return sorted((name.rstrip("/") for name in names), key=int)
+
+
+def latest_version(base_directory: str) -> str:
+  """The newest numbered version Pusher wrote under `base_directory`."""
+  found = versions(base_directory) if tf.io.gfile.isdir(base_directory) else []
+  if not found:
+    raise FileNotFoundError(f"no pushed model version under {base_directory}")
+  return found[-1]
 
 
 def specs(num_movies: int, rank_k: int) -> Tuple[ts.TimeStep, tensor_spec.BoundedTensorSpec]:

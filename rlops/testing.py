@@ -9,7 +9,6 @@ import numpy as np
 
 from rlops import agents, model_io, movielens, simulation
 from rlops import warehouse as warehouse_lib
-from tfx_pipeline import local_runner
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,7 +26,7 @@ def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
   """Serves `requests` simulated users with the newest pushed policy and logs each
   prediction (context, action, exact propensity, version) and its reward: what the
   endpoint, Logger and Simulator do across processes, in one."""
-  version = local_runner.latest_pushed_version(serving_directory)
+  version = model_io.latest_version(serving_directory)
   policy = model_io.load_serving_policy(os.path.join(serving_directory, version))
   rng = np.random.default_rng(seed)
   users = rng.integers(0, model.num_users, size=requests)

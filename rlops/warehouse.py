@@ -235,3 +235,20 @@ class Warehouse:
   def close(self) -> None:
     with self._lock:
       self._connection.close()
+
+
+BIGQUERY_SCHEME = "bq://"
+
+
+def open_warehouse(uri: str):
+  """The warehouse at `uri`: "bq://project.dataset" (BigQuery, tables created if missing)
+  or the path of a SQLite file."""
+  if uri.startswith(BIGQUERY_SCHEME):
+    from rlops import bigquery  # pylint: disable=import-outside-toplevel
+    project, dataset = bigquery.parse_uri(uri)
+    client = bigquery.make_client(project)
+    bigquery.ensure_tables(client, project, dataset)
+    return bigquery.BigQueryWarehouse(client, project, dataset)
+  if "://" in uri:
+    raise ValueError(f"a warehouse is bq://project.dataset or a SQLite file path, got {uri!r}")
+  return Warehouse(uri)

@@ -35,14 +35,6 @@ class LocalPaths:
     return os.path.join(self.workdir, "serving")
 
 
-def latest_pushed_version(serving_directory: str) -> str:
-  """The newest numbered version Pusher wrote under `serving_directory`."""
-  versions = [name for name in os.listdir(serving_directory) if name.isdigit()]
-  if not versions:
-    raise FileNotFoundError(f"no pushed model version under {serving_directory}")
-  return max(versions, key=int)
-
-
 def next_window(store) -> Dict[str, Any]:
   """The next span number and its window [begin, end), from the end of the last trained
   window to the last whole second: records of the unfinished second go to the next one."""

@@ -7,7 +7,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from rlops import bigquery
+from rlops import warehouse as warehouse_lib
 from rlops import simulation
 from rlops.config import Config
 
@@ -65,7 +65,7 @@ class _WriteToWarehouse(beam.DoFn):
     self._warehouse = None
 
   def setup(self):
-    self._warehouse = bigquery.warehouse_from_uri(self._uri)
+    self._warehouse = warehouse_lib.open_warehouse(self._uri)
 
   def process(self, chunk: Tuple[List[dict], List[dict]]) -> Iterator[int]:
     predictions, feedback = chunk

@@ -21,9 +21,9 @@ TOPIC = "projects/rlops-test/topics/rlops-logs"
 
 @pytest.fixture(autouse=True)
 def _fresh_warehouses():
-  logger._warehouse.cache_clear()  # pylint: disable=protected-access
+  log_sinks._warehouse.cache_clear()  # pylint: disable=protected-access
   yield
-  logger._warehouse.cache_clear()  # pylint: disable=protected-access
+  log_sinks._warehouse.cache_clear()  # pylint: disable=protected-access
 
 
 def _message(count, start=0):
@@ -53,7 +53,7 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
 
 def test_unknown_fields_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown message fields"):
-    logger.write_message({"predicitons": []}, str(tmp_path / "w.sqlite"))
+    log_sinks.write_message({"predicitons": []}, str(tmp_path / "w.sqlite"))
 
 
 class FakePublisher:
@@ -156,7 +156,7 @@ def test_deployed_entry_point_merges_into_bigquery(monkeypatch):
   rows = bigquery_test.merged_rows(client)
   assert rows[f"{table}.predictions"] == message["predictions"] * 2
   assert rows[f"{table}.feedback"] == message["feedback"] * 2
-  assert logger.write_message(message, bigquery_test.URI) == {"predictions": 0, "feedback": 0}
+  assert log_sinks.write_message(message, bigquery_test.URI) == {"predictions": 0, "feedback": 0}
   with pytest.raises(ValueError, match="propensity"):
     logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
         {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {}, message_id="43"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rlops import cli
+from cli import main as cli
 
 RLOPS = str(pathlib.Path(sys.executable).parent / "rlops")
 

@@ -175,7 +175,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if getattr(args, name) < 1:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
   _quiet_tensorflow()
-  from rlops import demo  # pylint: disable=import-outside-toplevel
+  from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
                          threshold=args.threshold)
   demo.print_table(report)
@@ -208,11 +208,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   if args.requests < 1 or (args.rate is not None and args.rate <= 0):
     raise ConfigError("--requests and --rate must be positive")
-  from functions.simulator import main as simulator  # pylint: disable=import-outside-toplevel
-  from rlops import simulation  # pylint: disable=import-outside-toplevel
-  summary = simulator.run_simulation(args.url, simulation.MovieLensModel.from_config(config),
-                                     args.requests, _sink(args, config), rate=args.rate,
-                                     seed=config.environment.seed, progress=True)
+  from rlops import simulation, traffic  # pylint: disable=import-outside-toplevel
+  summary = traffic.run_simulation(args.url, simulation.MovieLensModel.from_config(config),
+                                   args.requests, _sink(args, config), rate=args.rate,
+                                   seed=config.environment.seed, progress=True)
   print(json.dumps(summary, indent=2))
   return 0 if summary["errors"] == 0 else 1
 
@@ -264,7 +263,7 @@ def _cmd_bigquery_init(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  from rlops import deploy  # pylint: disable=import-outside-toplevel
+  from cli import deploy  # pylint: disable=import-outside-toplevel
   gcp_path = args.gcp_config
   if not gcp_path:
     gcp_path = os.path.join("build", "gcp.json")

@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 
-from rlops import cli, simulation, testing
+from cli import main as cli
+from rlops import simulation, testing
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig
 from tfx_pipeline import local_runner

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from functions import testing_utils
-from rlops import deploy, log_sinks
+from cli import deploy
+from rlops import log_sinks
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, GcpConfig
 

@@ -7,9 +7,8 @@ from typing import Any, Dict, List
 
 import httpx
 
-from functions.simulator import main as simulator
 from functions.trigger import main as trigger
-from rlops import log_sinks, model_io, plots, server, simulation
+from rlops import log_sinks, model_io, plots, server, simulation, traffic
 from rlops.config import Config
 from tfx_pipeline import local_runner
 
@@ -48,8 +47,8 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
   with server.ServerThread(app) as endpoint:
     for index in range(rounds):
       if startup.get("pushed") or rows:
-        _wait_for_version(endpoint.url, local_runner.latest_pushed_version(paths.serving))
-      served = simulator.run_simulation(f"{endpoint.url}/predict", model, requests_per_round, sink,
+        _wait_for_version(endpoint.url, model_io.latest_version(paths.serving))
+      served = traffic.run_simulation(f"{endpoint.url}/predict", model, requests_per_round, sink,
                                         seed=config.environment.seed + index, progress=True)
       if not app.state.logger.flush(timeout=60.0):
         raise TimeoutError("prediction logs were not delivered within 60 s")

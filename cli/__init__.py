@@ -1,0 +1,1 @@
+"""The command line, the local demo and the deploy tooling: the top layer."""
