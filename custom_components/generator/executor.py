@@ -7,9 +7,10 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from rlops import warehouse as warehouse_lib
+from custom_components import keys
 from rlops import simulation
-from rlops.config import Config
+from rlops import warehouse as warehouse_lib
+from rlops.config import DataConfig, EnvironmentConfig, section_from_json
 
 LOGGING_POLICY = "uniform-random"
 CHUNK_SIZE = 2000
@@ -22,22 +23,21 @@ def request_id(prefix: str, index: int) -> str:
 class _SimulateChunk(beam.DoFn):
   """Turns an index range into prediction and feedback rows of the uniform-random policy."""
 
-  def __init__(self, config_json: str, event_time: float, prefix: str):
-    self._config_json = config_json
+  def __init__(self, data: DataConfig, environment: EnvironmentConfig, event_time: float,
+               prefix: str):
+    self._data = data
+    self._environment = environment
     self._event_time = event_time
     self._prefix = prefix
     self._model = None
-    self._seed = None
 
   def setup(self):
-    config = Config.from_json(self._config_json)
-    self._model = simulation.MovieLensModel.from_config(config)
-    self._seed = config.environment.seed
+    self._model = simulation.MovieLensModel.from_sections(self._data, self._environment)
 
   def process(self, index_range: Tuple[int, int]) -> Iterator[Tuple[List[dict], List[dict]]]:
     start, end = index_range
     # One generator per chunk, keyed by its start: the same records whatever the worker.
-    rng = np.random.default_rng([self._seed, int(self._event_time), start])
+    rng = np.random.default_rng([self._environment.seed, int(self._event_time), start])
     model = self._model
     users = rng.integers(0, model.num_users, size=end - start)
     actions = rng.integers(0, model.num_movies, size=end - start)
@@ -79,23 +79,24 @@ class _WriteToWarehouse(beam.DoFn):
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
-  """Logs `config.pipeline.samples` uniform-random interactions to the warehouse."""
+  """Logs `samples` uniform-random interactions to the warehouse."""
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    config = Config.from_json(exec_properties["config"])
-    event_time = float(exec_properties["event_time"])
-    uri = exec_properties["warehouse"]
+    data = section_from_json(DataConfig, exec_properties[keys.DATA_KEY])
+    environment = section_from_json(EnvironmentConfig, exec_properties[keys.ENVIRONMENT_KEY])
+    event_time = float(exec_properties[keys.EVENT_TIME_KEY])
+    uri = exec_properties[keys.WAREHOUSE_KEY]
     prefix = f"gen-{int(event_time)}"
-    samples = config.pipeline.samples
+    samples = int(exec_properties[keys.SAMPLES_KEY])
     ranges = [(start, min(start + CHUNK_SIZE, samples)) for start in range(0, samples, CHUNK_SIZE)]
     with self._make_beam_pipeline() as pipeline:
       _ = (pipeline
            | "IndexRanges" >> beam.Create(ranges)
-           | "Simulate" >> beam.ParDo(_SimulateChunk(exec_properties["config"], event_time, prefix))
+           | "Simulate" >> beam.ParDo(_SimulateChunk(data, environment, event_time, prefix))
            | "Write" >> beam.ParDo(_WriteToWarehouse(uri)))
-    interactions = artifact_utils.get_single_instance(output_dict["interactions"])
+    interactions = artifact_utils.get_single_instance(output_dict[keys.INTERACTIONS_KEY])
     interactions.set_int_custom_property("record_count", samples)
     interactions.set_float_custom_property("event_time", event_time)
     interactions.set_string_custom_property("warehouse", uri)
