@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import httpx
 
 from functions.trigger import main as trigger
-from rlops import log_sinks, model_io, plots, server, simulation, traffic
+from rlops import log_sinks, model_io, plots, server, simulation, traffic, workdirs
 from rlops.config import Config
 from tfx_pipeline import local_runner
 
@@ -37,7 +37,7 @@ def _decision(outcome: Dict[str, Any]) -> str:
 
 def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: int) -> Dict[str, Any]:
   """Runs the loop; returns the startup outcome and one row per round."""
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   startup = local_runner.run(config, "startup")
   model = simulation.MovieLensModel.from_config(config)
   sink = log_sinks.InProcessSink(paths.warehouse)

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from cli import options
 from cli.options import WorkdirError, config_from_args
-from rlops import movielens
+from rlops import movielens, workdirs
 from rlops.config import Config, ConfigError
 
 
@@ -111,7 +111,8 @@ def _print_run(result: dict) -> None:
     return
   evaluation = result["evaluation"]
   candidate, baseline = evaluation["candidate"], evaluation["baseline"]
-  warm = result.get("warm_started_from") or "nothing (from scratch)"
+  warm = (f"model {result['warm_started_from_model']}" if result.get("warm_started_from_model")
+          else "nothing (from scratch)")
   print(f"  trained: {result['agent']} model {result['model_id']} on {result['samples']} records, "
         f"warm-started from {warm}")
   print(f"  estimates on {evaluation['eval_records']} held-out records (95% bootstrap intervals):")
@@ -182,17 +183,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
   if args.logger_url:
     return log_sinks.CloudEventSink(args.logger_url)
-  return log_sinks.InProcessSink(local_runner.LocalPaths(config.workdir).warehouse)
+  return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from rlops import model_io  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  model_dir = args.model or local_runner.LocalPaths(config.workdir).serving
+  model_dir = args.model or workdirs.LocalPaths(config.workdir).serving
   if not os.path.isdir(model_dir):
     raise WorkdirError(f"no model at {model_dir}: run `rlops pipeline startup` first, or pass "
                        "--model a pushed model directory")
@@ -290,8 +289,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
-  path = local_runner.LocalPaths(args.workdir).metadata
+  from tfx_pipeline import metadata  # pylint: disable=import-outside-toplevel
+  path = workdirs.LocalPaths(args.workdir).metadata
   if not os.path.exists(path):
     raise WorkdirError(f"no pipeline metadata at {path}: run `rlops pipeline startup` first")
   store = metadata.connect(path)
@@ -307,20 +306,29 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
       raise WorkdirError(f"no Model artifact with id {args.model} in {path}")
     model = models[0]
   chain = metadata.lineage(store, model)
+  if args.graph:
+    from rlops import plots  # pylint: disable=import-outside-toplevel
+    plots.lineage_graph(chain, args.graph)
+  if args.json:
+    print(json.dumps(chain, indent=2, sort_keys=True))
+    return 0
+  from tfx_pipeline import windows  # pylint: disable=import-outside-toplevel
   for depth, link in enumerate(chain):
     indent = "  " * depth
     m, outcome = link["model"], link["outcome"]
     print(f"{indent}model {m['id']} ({m.get('agent')}, {m.get('samples')} records) {m['uri']}")
     print(f"{indent}  blessed: {outcome.get('blessed')}, pushed: {outcome.get('pushed_destination')}")
-    print(f"{indent}  trained on examples {link['examples']['id']} span {link['examples']['span']} "
-          f"{link['examples']['uri']}")
+    print(f"{indent}  trained on examples {link['examples']['id']} (span {link['examples']['span']}, "
+          f"records logged before {windows.iso(m['window_end'])}) {link['examples']['uri']}")
     print(f"{indent}  pipeline run {link['pipeline_run']}")
     if link["generator"]:
       g = link["generator"]
       print(f"{indent}  generator execution {g['execution_id']}: {g.get('record_count')} records "
-            f"by {g.get('logging_policy')} at {g.get('event_time')}")
+            f"by {g.get('logging_policy')} at {windows.iso(g['event_time'])}")
     if depth + 1 < len(chain):
       print(f"{indent}  warm-started from:")
+  if args.graph:
+    print(f"graph: {args.graph}")
   return 0
 
 
@@ -443,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'latest' pushed, or a Model artifact id (default: %(default)s)")
   lineage.add_argument("--workdir", default=Config().workdir,
                        help="the workdir of the runs (default: %(default)s)")
+  lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+  lineage.add_argument("--graph", default=None, metavar="PNG",
+                       help="also draw the chain as a picture into this PNG file")
   lineage.set_defaults(handler=_cmd_lineage)
 
   data = commands.add_parser("data", help="MovieLens data: generate, download, describe")

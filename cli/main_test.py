@@ -10,6 +10,7 @@ import pytest
 
 from cli import main as cli
 from cli import options
+from rlops import workdirs
 from rlops.config import Config
 from tfx_pipeline import metadata
 
@@ -115,7 +116,7 @@ def test_workdir_state_is_checked_before_any_work(tmp_path, capsys):
   assert "--force" in _one_line_reason(capsys, "workdir error")
   assert cli.main(["pipeline", "retrain", "--workdir", str(used), "--agent", "lints"]) == 2
   assert "--agent lints (it has linucb)" in _one_line_reason(capsys, "configuration error")
-  assert sorted(os.listdir(used)) == [options.CONFIG_FILE]
+  assert os.listdir(used) == [os.path.basename(workdirs.LocalPaths(str(used)).config)]
 
 
 def test_lineage_and_submit_arguments_are_checked(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Each option is declared once, with the `Config` field it sets and its help text;
 its default is that field's default. A workdir remembers the configuration its
-startup run used (`rlops_config.json`), and later commands on it start from that
+startup run used (`workdirs.LocalPaths.config`), and later commands on it start from that
 configuration: an option given on the command line must agree with it.
 """
 import argparse
@@ -11,9 +11,8 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from rlops import workdirs
 from rlops.config import AGENT_NAMES, Config, ConfigError, GcpConfig
-
-CONFIG_FILE = "rlops_config.json"
 
 
 class WorkdirError(Exception):
@@ -105,7 +104,7 @@ def check_workdir_writable(workdir: str) -> None:
 
 def remembered(workdir: str) -> Optional[Config]:
   """The configuration the workdir's startup run used; None for a new workdir."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = workdirs.LocalPaths(workdir).config
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -115,7 +114,7 @@ def remembered(workdir: str) -> Optional[Config]:
 def remember(config: Config) -> None:
   """Writes the configuration into its workdir, for the commands that follow."""
   os.makedirs(config.workdir, exist_ok=True)
-  with open(os.path.join(config.workdir, CONFIG_FILE), "w") as f:
+  with open(workdirs.LocalPaths(config.workdir).config, "w") as f:
     f.write(json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True))
 
 
@@ -171,9 +170,9 @@ def config_from_args(args: argparse.Namespace, *, starts_workdir: bool = False) 
   base = None if starts_workdir else remembered(args.workdir)
   given = given_options(args)
   if base is not None:
-    conflicts = [f"{_flag(section, field)} {value} (it has {getattr(getattr(base, section), field)})"
-                 for (section, field), value in given.items()
-                 if getattr(getattr(base, section), field) != value]
+    started = {key: getattr(getattr(base, key[0]), key[1]) for key in given}
+    conflicts = [f"{_flag(*key)} {value} (it has {started[key]})"
+                 for key, value in given.items() if started[key] != value]
     if conflicts:
       raise ConfigError(f"{args.workdir} was started with another configuration: "
                         + "; ".join(conflicts) + ". Drop the option or use another --workdir")

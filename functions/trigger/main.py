@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional
 import functions_framework
 
 from rlops import warehouse as warehouse_lib
+from rlops import workdirs
 from rlops.config import Config
 from tfx_pipeline import vertex_runner
 from tfx_pipeline import windows
@@ -57,7 +58,7 @@ def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -
   with _exclusive(config.workdir) as acquired:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
-    paths = local_runner.LocalPaths(config.workdir)
+    paths = workdirs.LocalPaths(config.workdir)
     window = local_runner.next_window(metadata.connect(paths.metadata), now)
     count = 0
     if window is not None:
