@@ -23,7 +23,11 @@ _TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 
 
 class LogSink(Protocol):
-  """Delivers one message {"predictions": [...], "feedback": [...]}; raises on failure."""
+  """Delivers one message {"predictions": [...], "feedback": [...]}; raises on failure.
+
+  ValueError means the message is rejected for good (a row the warehouse cannot
+  store): sending it again cannot succeed. Any other exception is retryable.
+  """
 
   def deliver(self, message: Dict[str, Any]) -> None:
     ...
@@ -116,8 +120,19 @@ def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/top
   return headers, body
 
 
+class RejectedMessage(ValueError):
+  """The Logger refused a message for good (HTTP 4xx other than 408 and 429)."""
+
+
+_RETRYABLE_CLIENT_ERRORS = (408, 429)
+
+
 class CloudEventSink:
-  """Posts each message to a Logger served by functions-framework (loopback by default)."""
+  """Posts each message to a Logger served by functions-framework (loopback by default).
+
+  A 4xx answer (other than 408 and 429) raises RejectedMessage; 5xx and
+  transport errors raise httpx errors, which are retryable.
+  """
 
   def __init__(self, url: str, timeout: float = 10.0):
     self.url = url
@@ -126,6 +141,9 @@ class CloudEventSink:
   def deliver(self, message: Dict[str, Any]) -> None:
     headers, body = pubsub_cloud_event(message)
     response = self._client.post(self.url, headers=headers, json=body)
+    if response.is_client_error and response.status_code not in _RETRYABLE_CLIENT_ERRORS:
+      raise RejectedMessage(f"the Logger at {self.url} answered {response.status_code}: "
+                            f"{response.text[:500]}")
     response.raise_for_status()
 
 

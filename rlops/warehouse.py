@@ -86,6 +86,11 @@ def _text(row: Mapping[str, Any], column: str) -> str:
   value = row[column]
   if not isinstance(value, str) or not value:
     raise _bad(row, f"{column} must be a non-empty string, got {value!r}")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as error:
+    raise _bad(row, f"{column} must be valid Unicode text (no lone surrogates), "
+                    f"got {value!r}") from error
   return value
 
 
