@@ -25,8 +25,9 @@ import fastapi
 import uvicorn
 
 from rlops import log_sinks
-from rlops.serving import app as app_lib
 from rlops.serving import outbox
+
+WORKER_STOP_SECONDS = 60.0
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -100,6 +101,8 @@ def app_from_env(worker: Optional[int] = None) -> fastapi.FastAPI:
   Args:
     worker: Index of this worker process, whose outbox is its own; None: the only one.
   """
+  # Imported here: the process supervising workers never loads TensorFlow.
+  from rlops.serving import app as app_lib  # pylint: disable=import-outside-toplevel
   model_uri = os.environ.get("AIP_STORAGE_URI")
   if not model_uri:
     raise RuntimeError("AIP_STORAGE_URI is not set: the model directory to serve")
@@ -150,7 +153,10 @@ def run_workers(workers: int, host: str, port: int) -> int:
       if process.is_alive():
         os.kill(process.pid, signal.SIGTERM)
     for process in processes:
-      process.join()
+      process.join(WORKER_STOP_SECONDS)
+      if process.is_alive():
+        process.kill()
+        process.join()
     for signum, handler in previous.items():
       signal.signal(signum, handler)
   return 0 if stopping.is_set() else 1
