@@ -128,7 +128,8 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
           raise RuntimeError(f"endpoint answered request {rid} with {prediction['request_id']}")
         reward = float(model.reward(user, prediction["action"]))
         rewarded.append({"request_id": rid, "event_time": now, "reward": reward})
-        stats = per_version.setdefault(prediction["model_version"], {"count": 0, "reward": 0.0, "regret": 0.0})
+        stats = per_version.setdefault(prediction["model_version"],
+                                       {"count": 0, "reward": 0.0, "regret": 0.0})
         stats["count"] += 1
         stats["reward"] += reward
         stats["regret"] += float(model.optimal_rewards[user]) - reward

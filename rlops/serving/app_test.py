@@ -85,7 +85,7 @@ def test_bad_requests_get_4xx_with_a_reason(tmp_path, serving, make_app):
       (body({"observation": "1,2,3,4"}), json_type, 400, "instance 1: observation must be a list"),
       (body({"observation": good[:3]}), json_type, 400,
        "instance 1: observation has 3 values, the model takes 4"),
-      (body({"observation": good + [1.0]}), json_type, 400, "instance 1: observation has 5"),
+      (body({"observation": [*good, 1.0]}), json_type, 400, "instance 1: observation has 5"),
       (body({"observation": [1.0, "2", 3.0, 4.0]}), json_type, 400, numbers),
       (body({"observation": [1.0, True, 3.0, 4.0]}), json_type, 400, numbers),
       (body({"observation": [1.0, None, 3.0, 4.0]}), json_type, 400, numbers),

@@ -35,8 +35,8 @@ class RecentPredictions:
     if served is None:
       return None
     if served[0] != observation:
-      raise ReusedRequestId(f"request_id {request_id!r} was already served for another observation; "
-                       "use a new request_id")
+      raise ReusedRequestId(f"request_id {request_id!r} was already served for another "
+                            "observation; use a new request_id")
     return served[1]
 
   def add(self, observation: List[float], prediction: Dict[str, Any]) -> None:

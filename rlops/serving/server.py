@@ -135,8 +135,8 @@ def run_workers(workers: int, host: str, port: int) -> int:
   If one worker exits, the others are stopped too. Returns the exit code.
   """
   context = multiprocessing.get_context("spawn")
-  processes = [context.Process(target=_worker, args=(index, host, port), name=f"rlops-worker-{index}")
-               for index in range(workers)]
+  processes = [context.Process(target=_worker, args=(index, host, port),
+                               name=f"rlops-worker-{index}") for index in range(workers)]
   stopping = threading.Event()
 
   def stop(signum, frame):  # pylint: disable=unused-argument
