@@ -94,12 +94,19 @@ def _text(row: Mapping[str, Any], column: str) -> str:
   return value
 
 
+def _is_finite_number(value: Any) -> bool:
+  # Exact float and int first: the ABC check of numbers.Real is several times slower.
+  if type(value) not in (float, int) and (  # pylint: disable=unidiomatic-typecheck
+      isinstance(value, bool) or not isinstance(value, numbers.Real)):
+    return False
+  return math.isfinite(value)
+
+
 def _observation_json(row: Mapping[str, Any]) -> str:
   value = row["observation"]
   if isinstance(value, np.ndarray) and value.ndim == 1:
     value = value.tolist()
-  if not isinstance(value, (list, tuple)) or not value or not all(
-      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+  if not isinstance(value, (list, tuple)) or not value or not all(map(_is_finite_number, value)):
     raise _bad(row, f"observation must be a non-empty list of finite numbers, got {value!r:.100}")
   return json.dumps([float(x) for x in value])
 

@@ -135,12 +135,10 @@ class Predictor:
       rows = self._act(model, observations if len(new) == len(sent) else observations[new],
                        [sent[index] for index in new], [request_ids[index] for index in new])
       try:
-        parsing.check_storable(rows)
-      except ValueError as error:
+        self._logger.append(rows)
+      except ValueError as error:  # Not storable: the warehouse would reject it.
         stats["bad_requests"] += 1
         return 400, {"error": str(error)}
-      try:
-        self._logger.append(rows)
       except OSError as error:
         stats["log_unavailable"] += 1
         absl.logging.log_every_n_seconds(absl.logging.ERROR, "cannot write the outbox: %s",

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import absl.logging
 
-from rlops import log_sinks
+from rlops import log_sinks, warehouse
 
 DEFAULT_COMPACT_BYTES = 64 << 20
 MAX_BACKOFF_SECONDS = 5.0
@@ -25,6 +25,22 @@ MAX_BACKOFF_SECONDS = 5.0
 def dead_letter_path(outbox_path: str) -> str:
   """Where the outbox at `outbox_path` sets aside the rows its sink rejects."""
   return outbox_path + ".dead.jsonl"
+
+
+def encode_rows(rows: List[Dict[str, Any]]) -> bytes:
+  """Prediction rows as outbox lines, validated exactly as the warehouse will store them.
+
+  The observation is written as the warehouse's own JSON text of it, encoded once.
+
+  Raises:
+    ValueError: A row the warehouse would reject; the message names its request_id.
+  """
+  lines = []
+  for row in rows:
+    values = dict(zip(warehouse.PREDICTION_COLUMNS, warehouse.prediction_values(row)))
+    observation = values.pop("observation")
+    lines.append(f'{json.dumps(values)[:-1]}, "observation": {observation}}}\n')
+  return "".join(lines).encode()
 
 
 def _count_lines(path: str) -> int:
@@ -112,9 +128,10 @@ class OutboxLogger:
     """Writes rows to the outbox; they survive a crash of this process when this returns.
 
     Raises:
+      ValueError: A row the warehouse would reject (`encode_rows`); nothing is written.
       OSError: The outbox cannot be written; nothing of `rows` is in it.
     """
-    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    data = encode_rows(rows)
     with self._cond:
       try:
         if self._file.write(data) != len(data):
@@ -151,21 +168,26 @@ class OutboxLogger:
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
 
-  def _read_batch(self) -> Tuple[List[Dict[str, Any]], int, int]:
-    """(rows, lines, end offset) of the next batch; malformed lines are set aside."""
+  def _read_batch(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int, int]:
+    """(rows, malformed lines with their reasons, lines, end offset) of the next batch."""
     with self._cond:
       end = self._end
     self._reader.seek(self._offset)
-    position, lines, rows = self._offset, 0, []
-    while lines < self._batch_rows and position < end:
-      line = self._reader.readline()
-      position += len(line)
-      lines += 1
+    position, lines = self._offset, []
+    while len(lines) < self._batch_rows and position < end:
+      lines.append(self._reader.readline())
+      position += len(lines[-1])
+    try:  # One parse for the whole batch; line by line only when one is malformed.
+      return json.loads(b"[" + b",".join(lines) + b"]"), [], len(lines), position
+    except ValueError:
+      pass
+    rows, malformed = [], []
+    for line in lines:
       try:
         rows.append(json.loads(line))
       except ValueError as error:
-        self._set_aside({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
-    return rows, lines, position
+        malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
+    return rows, malformed, len(lines), position
 
   def _deliver(self, rows: List[Dict[str, Any]]) -> None:
     """Delivers rows; on a permanent rejection, row by row, setting aside the rejected ones.
@@ -180,17 +202,22 @@ class OutboxLogger:
       if len(rows) == 1:
         self._set_aside({"row": rows[0], "reason": str(error)})
         return
+    rejected = []  # Set aside once every row is through: a retry starts the batch over.
     for row in rows:
       try:
         self._sink.deliver({"predictions": [row]})
       except ValueError as error:
-        self._set_aside({"row": row, "reason": str(error)})
+        rejected.append({"row": row, "reason": str(error)})
+    for entry in rejected:
+      self._set_aside(entry)
 
   def _deliver_batch(self) -> None:
     """Delivers the next batch, then records its end offset and compacts a drained outbox."""
-    rows, lines, offset = self._read_batch()
+    rows, malformed, lines, offset = self._read_batch()
     if rows:
       self._deliver(rows)
+    for entry in malformed:
+      self._set_aside(entry)
     self._save_offset(offset)
     with self._cond:
       self._offset = offset

@@ -2,6 +2,8 @@
 import json
 import sqlite3
 
+import pytest
+
 from rlops import log_sinks
 from rlops.serving import outbox
 
@@ -61,17 +63,20 @@ class _RecordingSink:
 
 
 def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
-  warehouse = str(tmp_path / "wh.sqlite")
+  warehouse = str(tmp_path / "warehouse.sqlite")
   sink = _FlakySink(log_sinks.InProcessSink(warehouse), failures=2)
-  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_seconds=0.01)
   poison = [{**_rows("bad", 1)[0], "request_id": "x\ud800"},
-            {**_rows("bad", 1)[0], "propensity": -0.25},
-            {**_rows("bad", 1)[0], "observation": [float("nan")]}]
+            {**_rows("bad", 1)[0], "propensity": -0.25}]
+  # Written by an older server that did not validate rows, and a malformed line.
+  lines = [json.dumps(row) for row in [*_rows("a", 5), *poison, *_rows("b", 5)]]
+  (tmp_path / "outbox.jsonl").write_text("\n".join([*lines, '{"request_id": ', ""]))
+  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_seconds=0.01)
   logger.start()
   try:
-    logger.append(_rows("a", 5) + poison[:2] + _rows("b", 5))
     assert logger.flush(timeout=30.0)
-    logger.append(poison[2:] + _rows("c", 5))
+    with pytest.raises(ValueError, match="must be a finite number"):
+      logger.append([{**_rows("bad", 1)[0], "event_time": float("inf")}])
+    logger.append(_rows("c", 5))
     assert logger.flush(timeout=30.0)
     assert logger.failures == 2 and logger.dead_letters == 3 and logger.pending == 0
   finally:
@@ -80,20 +85,20 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
                                       for row in _rows(prefix, 5))
   with open(logger.dead_letter_path) as f:
     dead = [json.loads(line) for line in f]
-  assert [entry["row"]["request_id"] for entry in dead] == ["x\ud800", "bad0", "bad0"]
+  assert [entry.get("row", {}).get("request_id") for entry in dead] == ["x\ud800", "bad0", None]
   assert "lone surrogates" in dead[0]["reason"] and "propensity" in dead[1]["reason"]
-  assert "observation" in dead[2]["reason"]
+  assert dead[2]["line"] == '{"request_id": \n' and "not JSON" in dead[2]["reason"]
   restarted = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink)
   restarted.close()
   assert restarted.dead_letters == 3  # Counted across restarts.
 
   # Replayed into the same warehouse, they are rejected again and kept; once the warehouse
-  # (here: a recording sink) accepts them, they are delivered and the file empties.
+  # (here: a recording sink) accepts them, they are delivered.
   assert outbox.replay_dead_letters(logger.dead_letter_path, sink) == {"delivered": 0,
-                                                                        "rejected": 3}
+                                                                        "rejected": 2}
   recording = _RecordingSink()
-  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {"delivered": 3,
+  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {"delivered": 2,
                                                                              "rejected": 0}
-  assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0", "bad0"]
-  with open(logger.dead_letter_path) as f:
-    assert not f.read()
+  assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0"]
+  with open(logger.dead_letter_path) as f:  # The malformed line stays for a person to read.
+    assert [json.loads(line)["line"] for line in f] == ['{"request_id": \n']

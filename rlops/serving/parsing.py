@@ -11,8 +11,6 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from rlops import warehouse
-
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -87,12 +85,3 @@ def parse_instances(body: bytes, rank_k: int,
     raise ValueError(f"instance {index}: observation values must be finite float32 numbers")
   return array, observations, request_ids
 
-
-def check_storable(rows: List[Dict[str, Any]]) -> None:
-  """Validates prediction rows exactly as the warehouse will before storing them.
-
-  Raises:
-    ValueError: A row the warehouse would reject; the message names its request_id.
-  """
-  for row in rows:
-    warehouse.prediction_values(row)
