@@ -89,24 +89,16 @@ def _text(row: Mapping[str, Any], column: str) -> str:
   try:
     value.encode("utf-8")
   except UnicodeEncodeError as error:
-    raise _bad(row, f"{column} must be valid Unicode text (no lone surrogates), "
-                    f"got {value!r}") from error
+    raise _bad(row, f"{column} is not valid Unicode ({error.reason})") from error
   return value
-
-
-def _is_finite_number(value: Any) -> bool:
-  # Exact float and int first: the ABC check of numbers.Real is several times slower.
-  if type(value) not in (float, int) and (  # pylint: disable=unidiomatic-typecheck
-      isinstance(value, bool) or not isinstance(value, numbers.Real)):
-    return False
-  return math.isfinite(value)
 
 
 def _observation_json(row: Mapping[str, Any]) -> str:
   value = row["observation"]
   if isinstance(value, np.ndarray) and value.ndim == 1:
     value = value.tolist()
-  if not isinstance(value, (list, tuple)) or not value or not all(map(_is_finite_number, value)):
+  if not isinstance(value, (list, tuple)) or not value or not all(
+      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value):
     raise _bad(row, f"observation must be a non-empty list of finite numbers, got {value!r:.100}")
   return json.dumps([float(x) for x in value])
 

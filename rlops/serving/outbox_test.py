@@ -86,7 +86,7 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
   with open(logger.dead_letter_path) as f:
     dead = [json.loads(line) for line in f]
   assert [entry.get("row", {}).get("request_id") for entry in dead] == ["x\ud800", "bad0", None]
-  assert "lone surrogates" in dead[0]["reason"] and "propensity" in dead[1]["reason"]
+  assert "not valid Unicode" in dead[0]["reason"] and "propensity" in dead[1]["reason"]
   assert dead[2]["line"] == '{"request_id": \n' and "not JSON" in dead[2]["reason"]
   restarted = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink)
   restarted.close()
