@@ -14,6 +14,7 @@ or refused with 409 when its observation differs.
 """
 import contextlib
 import json
+import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -122,8 +123,9 @@ class Predictor:
     try:
       observations, sent, request_ids = parsing.parse_instances(body, model.rank_k,
                                                                 self.max_instances)
-      predictions = [self._served.lookup(request_id, observation)
-                     for request_id, observation in zip(request_ids, sent)]
+      keys = [observation.tobytes() for observation in observations]
+      predictions = [self._served.lookup(request_id, key)
+                     for request_id, key in zip(request_ids, keys)]
     except recent.ReusedRequestId as error:
       stats["conflicts"] += 1
       return 409, {"error": str(error)}
@@ -149,7 +151,7 @@ class Predictor:
         predictions[index] = {"action": row["action"], "propensity": row["propensity"],
                               "request_id": row["request_id"],
                               "model_version": row["model_version"]}
-        self._served.add(row["observation"], predictions[index])
+        self._served.add(keys[index], predictions[index])
       stats["predictions"] += len(new)
     stats["repeated"] += len(predictions) - len(new)
     return 200, {"predictions": predictions}
@@ -282,7 +284,8 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
   @app.get("/stats", summary="Request, prediction and logging counters")
   async def get_stats() -> Dict[str, Any]:
     model = models.current
-    return {**predictor.stats, "logged": logger.delivered, "pending": logger.pending,
+    return {**predictor.stats, "process": os.getpid(), "logged": logger.delivered,
+            "pending": logger.pending,
             "log_delivery_failures": logger.failures, "dead_letters": logger.dead_letters,
             "model_load_failures": models.load_failures, "rejected_versions": models.rejected,
             "version": model and model.version}

@@ -5,7 +5,7 @@ import time
 
 import httpx
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rlops import model_io, testing
@@ -222,6 +222,8 @@ def test_fuzzed_requests_never_get_5xx_and_every_4xx_has_a_reason(tmp_path, serv
     @settings(max_examples=150, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(body=_BODIES, content_type=_CONTENT_TYPES)
+    @example(body=json.dumps({"instances": [{"observation": [0.5] * K}]}).encode(),
+             content_type="application/json")
     def check(body, content_type):
       headers = {"content-type": content_type} if content_type else {}
       response = client.post("/predict", content=body, headers=headers)

@@ -82,11 +82,18 @@ def test_workers_serve_as_deployed_and_drain_on_sigterm(tmp_path, serving):
   process = _start(tmp_path, serving, port, workers=2)
   observations = testing.small_model().observe(np.arange(40))
   ids = [f"deployed-{i}" for i in range(40)]
+  processes = set()
+
+  def both_serving():  # Each new connection goes to one worker: ask until both answered.
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+      _wait_healthy(process, client)
+      processes.add(client.get("/stats").json()["process"])
+    return len(processes) == 2
+
   try:
+    until(both_serving, timeout=120.0)
     for i in range(0, 40, 2):  # A connection each: the kernel spreads them over the workers.
       with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        if i == 0:
-          _wait_healthy(process, client)
         body = instances(observations[i:i + 2], ids[i:i + 2])
         assert client.post("/predict", json=body).status_code == 200
     process.send_signal(signal.SIGTERM)
