@@ -8,8 +8,10 @@ from typing import Any, Dict, List
 import httpx
 
 from functions.trigger import main as trigger
-from rlops import log_sinks, model_io, plots, server, simulation, traffic, workdirs
+from rlops import log_sinks, model_io, plots, simulation, traffic, workdirs
 from rlops.config import Config
+from rlops.serving import app as serving_app
+from rlops.serving import server
 from tfx_pipeline import local_runner
 
 
@@ -41,7 +43,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
   startup = local_runner.run(config, "startup")
   model = simulation.MovieLensModel.from_config(config)
   sink = log_sinks.InProcessSink(paths.warehouse)
-  app = server.create_app(paths.serving, sink, outbox_path=os.path.join(config.workdir, "outbox.jsonl"),
+  app = serving_app.create_app(paths.serving, sink, outbox_path=os.path.join(config.workdir, "outbox.jsonl"),
                           poll_seconds=0.5, seed=config.environment.seed)
   rows: List[Dict[str, Any]] = []
   with server.ServerThread(app) as endpoint:

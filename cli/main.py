@@ -190,8 +190,11 @@ def _sink(args: argparse.Namespace, config: Config):
 
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
+  if args.workers < 1:
+    raise ConfigError(f"--workers must be positive, got {args.workers}")
   from rlops import model_io  # pylint: disable=import-outside-toplevel
-  model_dir = args.model or workdirs.LocalPaths(config.workdir).serving
+  paths = workdirs.LocalPaths(config.workdir)
+  model_dir = args.model or paths.serving
   if not os.path.isdir(model_dir):
     raise WorkdirError(f"no model at {model_dir}: run `rlops pipeline startup` first, or pass "
                        "--model a pushed model directory")
@@ -201,13 +204,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
       raise WorkdirError(str(error)) from error
     print(f"serving {model_dir} (newest version {version}) at "
-          f"http://{args.host}:{args.port}{'/predict'}", flush=True)
-  import uvicorn  # pylint: disable=import-outside-toplevel
-  from rlops import server  # pylint: disable=import-outside-toplevel
-  app = server.create_app(model_dir, _sink(args, config),
-                          outbox_path=os.path.join(config.workdir, "outbox.jsonl"))
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-  return 0
+          f"http://{args.host}:{args.port}/predict", flush=True)
+  from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE"):
+    os.environ.pop(name, None)
+  os.environ.update({
+      "AIP_STORAGE_URI": model_dir, "AIP_HTTP_PORT": str(args.port),
+      "RLOPS_HOST": args.host, "RLOPS_WORKERS": str(args.workers),
+      "RLOPS_OUTBOX": paths.outbox,
+      **({"RLOPS_LOG_URL": args.logger_url} if args.logger_url
+         else {"RLOPS_WAREHOUSE": paths.warehouse})})
+  return server.main()
+
+
+def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  from rlops.serving import outbox  # pylint: disable=import-outside-toplevel
+  files = args.path or sorted(str(path) for path in pathlib.Path(config.workdir).glob(
+      "outbox*" + outbox.dead_letter_path(".jsonl")))
+  sink = _sink(args, config)
+  counts = {path: outbox.replay_dead_letters(path, sink) for path in files}
+  print(json.dumps(counts, indent=2))
+  return 0 if all(count["rejected"] == 0 for count in counts.values()) else 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -374,9 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to bind (default: %(default)s, this machine only)")
   serve.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+  serve.add_argument("--workers", type=int, default=1,
+                     help="server processes sharing the port, each with its own outbox "
+                          "WORKDIR/outbox-<i>.jsonl (default: %(default)s, WORKDIR/outbox.jsonl)")
   serve.add_argument("--logger-url", default=None,
                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
   serve.set_defaults(handler=_cmd_serve)
+
+  replay = commands.add_parser(
+      "replay-dead-letters",
+      help="deliver the prediction logs the warehouse rejected again (after a fix)")
+  options.add_config_arguments(replay)
+  replay.add_argument("path", nargs="*",
+                      help="dead-letter files (default: WORKDIR/outbox*.jsonl.dead.jsonl)")
+  replay.add_argument("--logger-url", default=None,
+                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+  replay.set_defaults(handler=_cmd_replay_dead_letters)
 
   simulate = commands.add_parser("simulate", help="send simulated users' requests and their feedback")
   options.add_config_arguments(simulate)
