@@ -106,17 +106,11 @@ def compile_pipeline(config: Config, mode: str, output_path: str) -> str:
   return os.path.join(output_dir, output_filename)
 
 
-def _aiplatform(module):
-  if module is not None:
-    return module
-  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
-  return aiplatform
-
-
 RUNNING_STATES = ("PIPELINE_STATE_QUEUED", "PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING")
 
 
 def _aiplatform(module):
+  """`module` (a stand-in in tests), else google.cloud.aiplatform, imported on first use."""
   if module is not None:
     return module
   from google.cloud import aiplatform  # pylint: disable=import-outside-toplevel

@@ -16,6 +16,7 @@ from tfx.dsl.components.common import resolver
 from tfx.orchestration.kubeflow.v2 import compiler_utils
 from tfx.proto import example_gen_pb2
 from tfx.proto import range_config_pb2
+from tfx.utils import import_utils
 
 from custom_components import artifacts
 from rlops import warehouse as warehouse_lib
@@ -45,13 +46,7 @@ EXECUTORS = {
     "Evaluator": "custom_components.evaluator.executor.Executor",
     "Pusher": "tfx.extensions.google_cloud_ai_platform.pusher.executor.Executor",
 }
-# Vertex's compiler rejects custom artifact types that declare PROPERTIES (KeyError at
-# compile time): the startup pipeline compiles once rlops.Interactions declares none.
-INTERACTIONS_PROPERTIES_BLOCK_VERTEX = pytest.mark.xfail(
-    condition=bool(artifacts.Interactions.PROPERTIES), raises=KeyError, strict=True,
-    reason="rlops.Interactions declares PROPERTIES, which Vertex's compiler rejects")
-MODES = [pytest.param(pipeline_lib.STARTUP, marks=INTERACTIONS_PROPERTIES_BLOCK_VERTEX),
-         pipeline_lib.RETRAIN]
+MODES = [pipeline_lib.STARTUP, pipeline_lib.RETRAIN]
 
 
 def _no_network(*args, **kwargs):
@@ -209,20 +204,21 @@ def test_pusher_deploys_to_the_one_endpoint_in_the_serving_image(compiled):
 @pytest.mark.parametrize("mode", MODES)
 def test_artifact_type_names_pass_vertex_rule(compiled, mode):
   titles = set(_type_titles(compiled(mode)))
-  assert "rlops.PolicyEvaluation" in titles
+  assert "custom_components.PolicyEvaluation" in titles
   if mode == pipeline_lib.STARTUP:
-    assert "rlops.Interactions" in titles
+    assert "custom_components.Interactions" in titles
   assert [title for title in titles if not VERTEX_TYPE_NAME.match(title)] == []
 
 
-@pytest.mark.parametrize("artifact_type", [
-    pytest.param(artifacts.Interactions, marks=INTERACTIONS_PROPERTIES_BLOCK_VERTEX),
-    artifacts.PolicyEvaluation,
-])
-def test_custom_artifact_types_compile_for_vertex(artifact_type):
+@pytest.mark.parametrize("artifact_type", [artifacts.Interactions, artifacts.PolicyEvaluation])
+def test_custom_artifact_types_compile_for_vertex_and_import_by_title(artifact_type):
+  # Vertex's compiler rejects custom artifact types that declare PROPERTIES.
+  assert not artifact_type.PROPERTIES
   assert VERTEX_TYPE_NAME.match(artifact_type.TYPE_NAME)
   spec = compiler_utils.build_output_artifact_spec(tfx.dsl.Channel(type=artifact_type))
   assert yaml.safe_load(spec.artifact_type.instance_schema)["title"] == artifact_type.TYPE_NAME
+  # What TFX's Vertex container entrypoint does with the title.
+  assert import_utils.import_class_by_path(artifact_type.TYPE_NAME) is artifact_type
 
 
 def test_resolver_is_latest_blessed_model(compiled):
