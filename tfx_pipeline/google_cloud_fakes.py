@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sqlite3
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 # SQLite file standing in for the BigQuery dataset.
 WAREHOUSE_ENV = "RLOPS_FAKE_BIGQUERY_SQLITE"
@@ -132,12 +132,15 @@ class SqliteBigQueryClient:
     return match.group(1)
 
   def _merge(self, project, dataset, table_name, job_config):
-    rows, = job_config.query_parameters
+    """Inserts the rows of @rows, decoded from the request's wire form, that `table_name` lacks."""
+    parameter, = job_config.to_api_repr()["query"]["queryParameters"]
+    types = {field["name"]: field["type"]
+             for field in parameter["parameterType"]["arrayType"]["structTypes"]}
     inserted = 0
     with self._dataset(f"{project}.{dataset}") as connection:
-      for struct in rows.values:
-        values = {name: json.dumps(value) if isinstance(value, list) else value
-                  for name, value in struct.struct_values.items()}
+      for struct in parameter["parameterValue"]["arrayValues"]:
+        values = {name: _sqlite_value(value, types[name])
+                  for name, value in struct["structValues"].items()}
         columns = list(values)
         inserted += connection.execute(
             f'INSERT OR IGNORE INTO "{project}.{dataset}".{table_name} ({", ".join(columns)}) '
@@ -146,6 +149,14 @@ class SqliteBigQueryClient:
 
   def close(self):
     pass
+
+
+def _sqlite_value(value: Mapping[str, Any], value_type: Mapping[str, Any]):
+  """A query parameter's wire value as the SQLite warehouse stores it (arrays as JSON text)."""
+  if value_type["type"] == "ARRAY":
+    return json.dumps([_sqlite_value(item, value_type["arrayType"])
+                       for item in value["arrayValues"]])
+  return {"INT64": int, "FLOAT64": float, "STRING": str}[value_type["type"]](value["value"])
 
 
 def read_from_bigquery(query, use_standard_sql=False, **unused_kwargs):
