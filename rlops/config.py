@@ -3,9 +3,10 @@ import dataclasses
 import json
 import os
 import re
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, Type, TypeVar
 
 AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
+Section = TypeVar("Section")
 
 
 class ConfigError(ValueError):
@@ -262,19 +263,17 @@ class Config:
     return self
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+    return section_to_json(self)
 
   @classmethod
   def from_json(cls, text: str) -> "Config":
     fields = json.loads(text)
-    fields["agent"]["hidden_units"] = tuple(fields["agent"]["hidden_units"])
-    fields["pipeline"]["gate_metrics"] = tuple(fields["pipeline"]["gate_metrics"])
-    return cls(data=DataConfig(**fields["data"]),
-               environment=EnvironmentConfig(**fields["environment"]),
-               agent=AgentConfig(**fields["agent"]),
-               pipeline=PipelineConfig(**fields["pipeline"]),
+    return cls(data=_section(DataConfig, fields["data"]),
+               environment=_section(EnvironmentConfig, fields["environment"]),
+               agent=_section(AgentConfig, fields["agent"]),
+               pipeline=_section(PipelineConfig, fields["pipeline"]),
                workdir=fields["workdir"],
-               gcp=GcpConfig(**fields["gcp"]) if fields.get("gcp") else None)
+               gcp=_section(GcpConfig, fields["gcp"]) if fields.get("gcp") else None)
 
   def replace(self, **sections) -> "Config":
     """A copy with some fields of some sections replaced: replace(agent={"name": "lints"})."""
@@ -285,3 +284,21 @@ class Config:
       else:
         changes[section] = fields
     return dataclasses.replace(self, **changes)
+
+
+def section_to_json(section: Any) -> str:
+  """A configuration section (or the whole Config) as JSON, keys sorted."""
+  return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+def _section(cls: Type[Section], fields: dict) -> Section:
+  # JSON has no tuples: the sections' sequence fields are all tuples.
+  return cls(**{name: tuple(value) if isinstance(value, list) else value
+                for name, value in fields.items()})
+
+
+def section_from_json(cls: Type[Section], text: str) -> Section:
+  """The section of class `cls` that `section_to_json` wrote, validated."""
+  section = _section(cls, json.loads(text))
+  section.validate()
+  return section

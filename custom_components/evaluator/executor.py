@@ -1,7 +1,7 @@
 """Evaluator executor."""
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import absl.logging
 import numpy as np
@@ -13,22 +13,22 @@ from tfx.utils import io_utils
 from tfx.utils import path_utils
 
 from custom_components import examples_io
+from custom_components import keys
+from custom_components.evaluator import evaluation as evaluation_io
 from rlops import model_io
 from rlops import off_policy
 from rlops import simulation
-from rlops.config import Config
-
-EVALUATION_FILE = "evaluation.json"
+from rlops.config import DataConfig, EnvironmentConfig, section_from_json
 
 
 def _policy_report(directory: str, records: Dict[str, np.ndarray], model: simulation.MovieLensModel,
-                   config: Config) -> Dict[str, Any]:
+                   bootstrap_samples: int, seed: int) -> Dict[str, Any]:
   """Off-policy estimates on the logged records and the true value over all simulated users."""
   policy = model_io.load_serving_policy(directory)
   report = off_policy.estimate_policy_value(
-      model_io.probabilities(policy, records["observation"]), records["observation"], records["action"], records["propensity"],
-      records["reward"], num_actions=config.environment.num_movies,
-      bootstrap_samples=config.pipeline.bootstrap_samples, seed=config.environment.seed)
+      model_io.probabilities(policy, records["observation"]), records["observation"],
+      records["action"], records["propensity"], records["reward"], num_actions=model.num_movies,
+      bootstrap_samples=bootstrap_samples, seed=seed)
   every_user = model_io.probabilities(policy, model.user_vectors)
   report["oracle"] = {"value": off_policy.policy_value(every_user, model.approx_ratings)}
   report["oracle_regret"] = float(model.optimal_rewards.mean()) - report["oracle"]["value"]
@@ -46,7 +46,8 @@ def _logging_policy_report(records: Dict[str, np.ndarray], model: simulation.Mov
           "oracle": {"value": float(model.approx_ratings.mean())}}
 
 
-def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], metrics, tolerance: float):
+def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], metrics: Sequence[str],
+         tolerance: float):
   """(blessed, reasons): the candidate may trail the baseline by at most `tolerance` per metric."""
   reasons = []
   for metric in metrics:
@@ -69,36 +70,39 @@ class Executor(evaluator_executor.Executor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    config = Config.from_json(exec_properties["config"])
-    examples = artifact_utils.get_single_instance(input_dict["examples"])
-    records = examples_io.read_split(examples, "eval", config.environment.rank_k)
-    simulated = simulation.MovieLensModel.from_config(config)
-    candidate = artifact_utils.get_single_instance(input_dict["model"])
-    baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
+    data = section_from_json(DataConfig, exec_properties[keys.DATA_KEY])
+    environment = section_from_json(EnvironmentConfig, exec_properties[keys.ENVIRONMENT_KEY])
+    bootstrap_samples = int(exec_properties[keys.BOOTSTRAP_SAMPLES_KEY])
+    seed = int(exec_properties[keys.SEED_KEY])
+    examples = artifact_utils.get_single_instance(input_dict[keys.EXAMPLES_KEY])
+    records = examples_io.read_split(examples, "eval", environment.rank_k)
+    simulated = simulation.MovieLensModel.from_sections(data, environment)
+    candidate = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+    baseline: Optional[types.Artifact] = (input_dict.get(keys.BASELINE_MODEL_KEY) or [None])[0]
 
     candidate_report = _policy_report(path_utils.serving_model_path(candidate.uri), records,
-                                      simulated, config)
+                                      simulated, bootstrap_samples, seed)
     if baseline is not None:
       baseline_report = _policy_report(path_utils.serving_model_path(baseline.uri), records,
-                                       simulated, config)
+                                       simulated, bootstrap_samples, seed)
       baseline_name = f"blessed model {baseline.id}"
     else:
       baseline_report = _logging_policy_report(records, simulated)
       baseline_name = "logging policy"
-    blessed, reasons = gate(candidate_report, baseline_report, config.pipeline.gate_metrics,
-                            config.pipeline.gate_tolerance)
+    blessed, reasons = gate(candidate_report, baseline_report,
+                            json.loads(exec_properties[keys.GATE_METRICS_KEY]),
+                            float(exec_properties[keys.GATE_TOLERANCE_KEY]))
 
-    evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+    evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
     result = {"candidate": candidate_report, "baseline": baseline_report,
               "baseline_name": baseline_name, "blessed": blessed, "reasons": reasons,
               "span": examples_io.span_of(examples), "eval_records": int(len(records["reward"]))}
-    io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
-                               json.dumps(result, indent=2, sort_keys=True))
+    evaluation_io.write(evaluation.uri, result)
     evaluation.set_int_custom_property("blessed", int(blessed))
     for metric in ("dr", "snips", "ips", "oracle"):
       evaluation.set_float_custom_property(f"candidate_{metric}", candidate_report[metric]["value"])
 
-    blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+    blessing = artifact_utils.get_single_instance(output_dict[keys.BLESSING_KEY])
     io_utils.write_string_file(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME
                                             if blessed else constants.NOT_BLESSED_FILE_NAME), "")
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
