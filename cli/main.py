@@ -240,7 +240,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     raise ConfigError("a retraining dry run needs --span, --window-begin and --window-end "
                       "(a real submission reads the last trained window from Vertex ML Metadata)")
   else:
-    window = windows.next_window(vertex_runner.last_trained_window(config.gcp))
+    window = windows.next_window(
+        vertex_runner.last_trained_window(config.gcp, config.pipeline.name),
+        lateness=config.pipeline.feedback_lateness)
     if window is None:
       raise ConfigError("no whole second has passed since the last trained window ended")
   request = vertex_runner.job_request(config.gcp, config.pipeline.name, args.template, args.mode,
@@ -248,8 +250,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   if args.dry_run:
     print(vertex_runner.describe(request))
     return 0
-  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name, "retrain"):
-    raise ConfigError("a retraining run is queued or running: not submitting another")
+  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name):
+    raise ConfigError("a run of this pipeline is queued or running: not submitting another")
   print(f"submitted {vertex_runner.submit(request)}")
   return 0
 

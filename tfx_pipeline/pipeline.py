@@ -111,13 +111,15 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
                                 warehouse_path=warehouse, span=window.span,
                                 output_config=TRAIN_EVAL_SPLIT)
     # Stamped just before the window's end, so the Ingester of this run reads them.
-    event_time, trained_window_end = window.end - 1, window.end
+    event_time, trained_window_end, span = window.end - 1, window.end, window.span
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
         input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=TRAIN_EVAL_SPLIT,
         range_config=_parameter(windows.RANGE_CONFIG_PARAMETER, str))
     event_time = _parameter(windows.EVENT_TIME_PARAMETER, float)
     trained_window_end = _parameter(windows.WINDOW_END_PARAMETER, float)
+    # Vertex runs no ExampleGen driver: the Examples carry span 0, the run gets the span here.
+    span = _parameter(windows.SPAN_PARAMETER, int)
   ingester = ingester.with_id("Ingester")
 
   components = []
@@ -136,7 +138,7 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
   trainer = Trainer(examples=examples, agent=config.agent, environment=config.environment,
                     train_batch_size=config.pipeline.train_batch_size,
                     epochs=config.pipeline.epochs, warm_start=config.pipeline.warm_start,
-                    window_end=trained_window_end,
+                    span=span, window_end=trained_window_end,
                     base_model=latest_blessed.outputs[keys.MODEL_KEY] if mode == RETRAIN else None)
   if target == VERTEX:
     # Vertex runs each task as a custom job; the Trainer's gets its own machine size.

@@ -1,7 +1,7 @@
 """Runs a compiled Vertex pipeline job spec task by task, as Vertex Pipelines would, on local files.
 
 Each container task runs its compiled command (TFX's container entrypoint,
-`kubeflow_v2_run_executor`) in a subprocess with the ExecutorInput JSON that
+`kubeflow_v2_run_executor`) in a process of its own with the ExecutorInput JSON that
 Vertex sends for a schema 2.0.0 pipeline: input and output artifacts typed by
 their instance schemas, named like Vertex ML Metadata artifacts, with output
 URIs under `<pipeline root>/<project number>/<job id>/<task>_<task id>/`;
@@ -10,13 +10,15 @@ tasks run their artifact queries against `VertexMetadata`, the artifacts the
 rehearsal's tasks have output so far.
 
 What differs from Vertex, on purpose: Beam runs in process (DirectRunner)
-instead of on Dataflow, the pipeline root is a local directory, and Google's
-network clients are `google_cloud_fakes` (installed in every task's process by a
-`sitecustomize` module).
+instead of on Dataflow, the pipeline root is a local directory, Google's
+network clients are `google_cloud_fakes` (installed by a `sitecustomize`
+module), and task processes are forked from one interpreter that imported TFX
+once (`task_forker`) rather than started from scratch in a container.
 """
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import uuid
@@ -118,14 +120,17 @@ def _parameter_value(value: Any, parameter_type: str) -> Dict[str, Any]:
 class Rehearsal:
   """Runs compiled pipeline jobs one after another against one `VertexMetadata`.
 
+  A context manager: the task forker runs from entry to exit.
+
   Args:
     workdir: Local directory holding the fakes' files and, under `pipeline_root`,
       the runs' outputs.
     warehouse_path: SQLite file standing in for the BigQuery dataset.
     region: The Vertex region.
+    preload: Modules the task forker imports before the first task (executors).
   """
 
-  def __init__(self, workdir: str, warehouse_path: str, region: str):
+  def __init__(self, workdir: str, warehouse_path: str, region: str, preload=()):
     self.workdir = os.path.abspath(workdir)
     self.pipeline_root = os.path.join(self.workdir, "pipeline_root")
     self.requests_path = os.path.join(self.workdir, "google_requests.jsonl")
@@ -146,6 +151,41 @@ class Rehearsal:
         "CUDA_VISIBLE_DEVICES": "",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     })
+    self._preload = [ENTRYPOINT] + list(preload)
+    self._forker = None
+    self._task_count = 0
+
+  def __enter__(self) -> "Rehearsal":
+    self._forker = subprocess.Popen(
+        [sys.executable, "-m", "tfx_pipeline.task_forker"] + self._preload, env=self._env,
+        cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return self
+
+  def __exit__(self, *unused_exc_info) -> None:
+    self._forker.stdin.close()
+    try:
+      self._forker.wait(timeout=TASK_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+      self._forker.kill()
+      self._forker.wait()
+
+  def _run_command(self, task_name: str, module: str, args: List[str]) -> None:
+    """Runs `python -m module args` as a task process; raises TaskFailed with its log."""
+    self._task_count += 1
+    log_path = os.path.join(self.workdir, f"task-{self._task_count:02d}-{task_name}.log")
+    self._forker.stdin.write(json.dumps({"module": module, "args": args, "log": log_path}) + "\n")
+    self._forker.stdin.flush()
+    ready, _, _ = select.select([self._forker.stdout], [], [], TASK_TIMEOUT_SECONDS)
+    if not ready:
+      self._forker.kill()
+      raise TaskFailed(f"{task_name} did not end within {TASK_TIMEOUT_SECONDS} s")
+    answer = self._forker.stdout.readline()
+    if not answer:
+      raise TaskFailed(f"the task forker ended before {task_name} did")
+    exit_code = json.loads(answer)["exit_code"]
+    if exit_code != 0:
+      with open(log_path) as log:
+        raise TaskFailed(f"{task_name} exited with {exit_code}:\n{log.read()[-6000:]}")
 
   def requests(self) -> List[Dict[str, Any]]:
     """Every request to Google's clients so far."""
@@ -237,11 +277,7 @@ class Rehearsal:
     args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in container["args"]]
     if container["command"] != ["python", "-m", ENTRYPOINT]:
       raise ValueError(f"{task_name}: not TFX's container entrypoint: {container['command']}")
-    command = [sys.executable, "-m", ENTRYPOINT] + args[:4] + local_beam_args(args[4:])
-    result = subprocess.run(command, env=self._env, cwd=self.workdir, capture_output=True,
-                            text=True, timeout=TASK_TIMEOUT_SECONDS, check=False)
-    if result.returncode != 0:
-      raise TaskFailed(f"{task_name} exited with {result.returncode}:\n{result.stderr[-6000:]}")
+    self._run_command(task_name, ENTRYPOINT, args[:4] + local_beam_args(args[4:]))
     with open(executor_input["outputs"]["outputFile"]) as f:
       executor_output = json.load(f)
     outputs = {}

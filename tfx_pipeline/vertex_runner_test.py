@@ -132,12 +132,13 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   declared = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
   values = vertex_runner.pipeline_parameters(WINDOW, gcp=GCP, mode=mode)
   assert set(declared) == set(values)
-  ir_types = {str: "STRING", float: "DOUBLE"}
+  ir_types = {str: "STRING", float: "DOUBLE", int: "INT"}
   for name, value in values.items():
     assert declared[name] == {"type": ir_types[type(value)]}  # No default: must be set.
   bindings = {("Ingester", "input_config"): windows.INPUT_CONFIG_PARAMETER,
               ("Ingester", "range_config"): windows.RANGE_CONFIG_PARAMETER,
-              ("Trainer", "window_end"): windows.WINDOW_END_PARAMETER}
+              ("Trainer", "window_end"): windows.WINDOW_END_PARAMETER,
+              ("Trainer", "span"): windows.SPAN_PARAMETER}
   if mode == pipeline_lib.STARTUP:
     bindings[("Generator", "event_time")] = windows.EVENT_TIME_PARAMETER
   for (task, exec_property), parameter in bindings.items():
@@ -146,9 +147,10 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   # What aiplatform.PipelineJob does with them client-side, before submitting.
   runtime_config = pipeline_utils.PipelineRuntimeConfigBuilder.from_job_spec_json(spec)
   runtime_config.update_runtime_parameters(values)
-  ir_fields = {str: "stringValue", float: "doubleValue"}
+  ir_values = {str: lambda v: {"stringValue": v}, float: lambda v: {"doubleValue": v},
+               int: lambda v: {"intValue": str(v)}}
   assert runtime_config.build()["parameters"] == {
-      name: {ir_fields[type(value)]: value} for name, value in values.items()}
+      name: ir_values[type(value)](value) for name, value in values.items()}
 
 
 def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
@@ -162,6 +164,7 @@ def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
   assert range_config == range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
       start_span_number=SPAN, end_span_number=SPAN))
   assert values["window_end"] == WINDOW.end
+  assert values["span"] == SPAN
   # The Generator's records fall inside the window the same run reads.
   assert WINDOW.begin <= values["event_time"] < WINDOW.end
   assert "event_time" not in vertex_runner.pipeline_parameters(WINDOW, gcp=GCP,
@@ -310,6 +313,7 @@ def test_local_variant_keeps_sqlite_query_and_filesystem_push(tmp_path):
                                    example_gen_pb2.Input())
   assert input_config.splits[0].pattern == warehouse_lib.training_query(100.0, 200.0)
   assert nodes["Trainer"].exec_properties["window_end"] == 200.0
+  assert nodes["Trainer"].exec_properties["span"] == 2
   assert nodes["Generator"].exec_properties["event_time"] == 199.0
   assert type(nodes["Pusher"]) is tfx.components.Pusher  # pylint: disable=unidiomatic-typecheck
   with pytest.raises(ValueError, match="window"):
