@@ -175,7 +175,8 @@ def _aiplatform_state():
     fcntl.flock(f, fcntl.LOCK_EX)
     f.seek(0)
     text = f.read()
-    state = json.loads(text) if text else {"location": None, "endpoints": [], "models": []}
+    state = json.loads(text) if text else {"location": None, "endpoints": [], "models": [],
+                                           "deployments": 0}
     yield state
     f.seek(0)
     f.truncate()
@@ -273,7 +274,8 @@ class Model:
              **kwargs})
     with _aiplatform_state() as state:
       target, = [e for e in state["endpoints"] if e["resource_name"] == endpoint.resource_name]
-      deployed_model_id = str(sum(len(e["deployed_models"]) for e in state["endpoints"]) + 1000)
+      state["deployments"] += 1
+      deployed_model_id = str(1000 + state["deployments"])
       target["deployed_models"].append({"id": deployed_model_id, "model": self.resource_name})
       others = sum(share for key, share in target["traffic_split"].items())
       scale = (100 - traffic_percentage) / others if others else 0

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
 from custom_components.ingester.component import TRAIN_EVAL_SPLIT, SqliteExampleGen
+from custom_components.pusher.component import VertexPusher
 from custom_components.trainer.component import Trainer
 from custom_components import keys
 from rlops import warehouse as warehouse_lib
@@ -46,7 +47,7 @@ def vertex_pusher_config(gcp: GcpConfig) -> dict:
 
   TFX 1.15 looks the endpoint up by display name (`endpoint_name`), creates it
   only when none exists, uploads the model with `serving_image` and deploys it
-  there with all the traffic.
+  there with all the traffic; `VertexPusher` then undeploys the older models.
   """
   serving_args = {
       "project": gcp.project,
@@ -159,7 +160,7 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
   else:
-    pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
+    pusher = VertexPusher(
         model=trainer.outputs[keys.MODEL_KEY], model_blessing=evaluator.outputs[keys.BLESSING_KEY],
         custom_config=vertex_pusher_config(config.gcp))
   components += [ingester, latest_blessed, trainer, evaluator, pusher]

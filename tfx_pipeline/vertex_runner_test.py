@@ -45,7 +45,7 @@ EXECUTORS = {
     "Ingester": "tfx.extensions.google_cloud_big_query.example_gen.executor.Executor",
     "Trainer": "custom_components.trainer.executor.Executor",
     "Evaluator": "custom_components.evaluator.executor.Executor",
-    "Pusher": "tfx.extensions.google_cloud_ai_platform.pusher.executor.Executor",
+    "Pusher": "custom_components.pusher.executor.Executor",
 }
 MODES = [pipeline_lib.STARTUP, pipeline_lib.RETRAIN]
 
