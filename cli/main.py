@@ -1,6 +1,5 @@
 """The `rlops` command line."""
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -48,6 +47,9 @@ _GCP_OPTIONS = ("project", "region", "bucket", "dataset", "endpoint_name", "pipe
 
 
 def _add_gcp_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", default=None,
+                      help="JSON file of the whole configuration with its gcp section (as "
+                           "`rlops deploy` writes it); replaces every other config option")
   parser.add_argument("--gcp-config", default=None,
                       help="JSON file of the gcp settings (GcpConfig fields); options below override it")
   for name in _GCP_OPTIONS:
@@ -55,7 +57,12 @@ def _add_gcp_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gcp_from_args(args: argparse.Namespace) -> GcpConfig:
-  """GcpConfig from --gcp-config and the individual options; raises ConfigError."""
+  """GcpConfig from --config, or --gcp-config and the individual options; raises ConfigError."""
+  if args.config:
+    gcp = _whole_config(args.config).gcp
+    if gcp is None:
+      raise ConfigError(f"--config {args.config} has no gcp section")
+    return gcp
   fields = {}
   if args.gcp_config:
     try:
@@ -72,8 +79,18 @@ def gcp_from_args(args: argparse.Namespace) -> GcpConfig:
   return gcp
 
 
+def _whole_config(path: str) -> Config:
+  try:
+    with open(path) as f:
+      return Config.from_json(f.read()).validate()
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise ConfigError(f"cannot read --config {path}: {error}") from error
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-  """The validated `Config` of parsed arguments; raises ConfigError."""
+  """The validated `Config` of parsed arguments (or of --config); raises ConfigError."""
+  if getattr(args, "config", None):
+    return _whole_config(args.config)
   return Config(
       data=DataConfig(path=args.data, seed=args.data_seed),
       environment=EnvironmentConfig(num_movies=args.num_movies, rank_k=args.rank_k,
@@ -250,7 +267,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   if args.dry_run:
     print(vertex_runner.describe(request))
     return 0
-  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name):
+  running = vertex_runner.running_jobs(config.gcp, config.pipeline.name)
+  if args.mode == windows.STARTUP and (
+      running or vertex_runner.last_trained_window(config.gcp, config.pipeline.name)):
+    print("not submitted: this pipeline has run already (startup runs once)")
+    return 0
+  if running:
     raise ConfigError("a run of this pipeline is queued or running: not submitting another")
   print(f"submitted {vertex_runner.submit(request)}")
   return 0
@@ -259,7 +281,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_bigquery_init(args: argparse.Namespace) -> int:
   gcp = gcp_from_args(args)
   from rlops import bigquery  # pylint: disable=import-outside-toplevel
-  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset)
+  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset,
+                         location=gcp.region)
   print(f"tables predictions and feedback exist in {gcp.project}.{gcp.dataset}")
   return 0
 
@@ -267,16 +290,9 @@ def _cmd_bigquery_init(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from cli import deploy  # pylint: disable=import-outside-toplevel
-  gcp_path = args.gcp_config
-  if not gcp_path:
-    gcp_path = os.path.join("build", "gcp.json")
-    os.makedirs("build", exist_ok=True)
-    with open(gcp_path, "w") as f:
-      json.dump(dataclasses.asdict(config.gcp), f, indent=2)
   settings = deploy.DeploySettings(
       simulator_schedule=args.simulator_schedule, simulator_requests=args.simulator_requests,
-      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold,
-      gcp_config_path=gcp_path)
+      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold)
   deploy.deploy(config, settings, dry_run=args.dry_run)
   return 0
 

@@ -18,8 +18,9 @@ from tfx_pipeline import vertex_runner
 from tfx_pipeline import windows
 from tfx_pipeline.vertex_runner_test import CONFIG
 
+# A wide gate tolerance blesses the retrained model too, so that both runs push.
 REHEARSAL_CONFIG = dataclasses.replace(
-    CONFIG, pipeline=PipelineConfig(samples=2000, bootstrap_samples=20))
+    CONFIG, pipeline=PipelineConfig(samples=2000, bootstrap_samples=20, gate_tolerance=10.0))
 GCP = REHEARSAL_CONFIG.gcp
 STARTUP_WINDOW = windows.Window(span=1, begin=1_700_000_000.0, end=1_700_003_600.0)
 RETRAIN_WINDOW = windows.Window(span=2, begin=STARTUP_WINDOW.end, end=1_700_007_200.0)
@@ -148,27 +149,38 @@ def test_retraining_warm_starts_from_the_latest_blessed_model(rehearsal):
       startup_model["uri"], "Format-Serving")
 
 
-def test_pusher_deploys_blessed_models_to_the_one_endpoint(rehearsal):
+def test_each_blessed_model_replaces_the_last_on_the_one_endpoint(rehearsal):
   run, outputs, _ = rehearsal
+  pushed = [_single(outputs[mode], "Pusher", "pushed_model") for mode in windows.MODES]
+  assert [p["metadata"]["pushed"] for p in pushed] == [1, 1]
+  location = "projects/rlops-test/locations/europe-west4"
+  endpoint = f"{location}/endpoints/1"
+  models = [f"{location}/models/1", f"{location}/models/2"]
+  assert [p["metadata"]["pushed_destination"] for p in pushed] == models
+  lookup = {"api": "aiplatform.Endpoint.list", "filter": 'display_name="rlops-endpoint"'}
+  init = {"api": "aiplatform.init", "project": "rlops-test", "location": "europe-west4"}
+
+  def push(model, pushed_model, create):
+    return ([init, lookup] + ([{"api": "aiplatform.Endpoint.create",
+                                "display_name": "rlops-endpoint"}] if create else [])
+            + [lookup,
+               {"api": "aiplatform.Model.upload", "artifact_uri": pushed_model["uri"],
+                "serving_container_image_uri": GCP.serving_image},
+               {"api": "aiplatform.Model.deploy", "model": model, "endpoint": endpoint,
+                "machine_type": "n1-standard-2", "min_replica_count": 1,
+                "max_replica_count": 2, "traffic_percentage": 100},
+               init, lookup,
+               {"api": "aiplatform.Endpoint.list_models", "endpoint": endpoint}])
+
+  expected = (push(models[0], pushed[0], create=True) + push(models[1], pushed[1], create=False)
+              + [{"api": "aiplatform.Endpoint.undeploy", "endpoint": endpoint,
+                  "deployed_model_id": "1001"}])
   calls = [r for r in run.requests() if r["api"].startswith("aiplatform.")]
-  pushed = _single(outputs[windows.STARTUP], "Pusher", "pushed_model")
-  assert pushed["metadata"]["pushed"] == 1
-  startup_calls = [
-      {"api": "aiplatform.init", "project": "rlops-test", "location": "europe-west4"},
-      {"api": "aiplatform.Endpoint.list", "filter": 'display_name="rlops-endpoint"'},
-      {"api": "aiplatform.Endpoint.create", "display_name": "rlops-endpoint"},
-      {"api": "aiplatform.Endpoint.list", "filter": 'display_name="rlops-endpoint"'},
-      {"api": "aiplatform.Model.upload", "artifact_uri": pushed["uri"],
-       "serving_container_image_uri": GCP.serving_image},
-      {"api": "aiplatform.Model.deploy", "model": "projects/rlops-test/locations/europe-west4/models/1",
-       "endpoint": "projects/rlops-test/locations/europe-west4/endpoints/1",
-       "machine_type": "n1-standard-2", "min_replica_count": 1, "max_replica_count": 2,
-       "traffic_percentage": 100},
-  ]
-  assert [{k: v for k, v in call.items() if k in expected}
-          for call, expected in zip(calls, startup_calls)] == startup_calls
-  assert pushed["metadata"]["pushed_destination"] == startup_calls[-1]["model"]
-  retrain_blessed = _single(outputs[windows.RETRAIN], "Evaluator", "blessing")["metadata"]["blessed"]
-  retrain_pushed = _single(outputs[windows.RETRAIN], "Pusher", "pushed_model")["metadata"]["pushed"]
-  assert retrain_pushed == retrain_blessed
-  assert len([c for c in calls if c["api"] == "aiplatform.Endpoint.create"]) == 1
+  assert [{k: v for k, v in call.items() if k in want} for call, want in zip(calls, expected)
+          ] == expected
+  assert len(calls) == len(expected)
+  with open(run.aiplatform_state_path) as f:
+    state = json.load(f)
+  only, = state["endpoints"]
+  assert only["deployed_models"] == [{"id": "1002", "model": models[1]}]
+  assert only["traffic_split"] == {"1002": 100}
