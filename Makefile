@@ -11,7 +11,7 @@ setup:
 	@bash setup_env.sh
 
 demo: setup
-	$(PY) -m cli.main demo --workdir $(WORKDIR)
+	$(PY) -m cli.main demo --workdir $(WORKDIR) --force
 
 lint: setup
 	.venv/bin/lint-imports

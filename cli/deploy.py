@@ -190,7 +190,7 @@ def commands(config: Config, settings: DeploySettings) -> List[Step]:
           if account else []),
         *project]))
   steps += [
-      Step(["rlops", "compile", "--target", "vertex", "--mode", "both", "--config", files["config"],
+      Step(["rlops", "compile", "both", "--config", files["config"],
             "--output", os.path.join(files["pipelines"], "rlops.json")]),
       Step(["gcloud", "storage", "cp", os.path.join(files["pipelines"], "rlops-retrain.json"),
             retrain_template(config), *project]),
