@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from functions import testing_utils
 from cli import deploy
+from functions import testing_utils
 from rlops import log_sinks
 from rlops import warehouse as warehouse_lib
 from rlops.config import AgentConfig, Config, GcpConfig
@@ -88,13 +88,14 @@ def test_dry_run_goes_from_an_empty_project_to_a_running_loop(tmp_path, capsys):
     assert command[command.index("--entry-point") + 1] == function.entry_point
     assert command[command.index("--env-vars-file") + 1] == files[f"{function.name}_env"]
     assert ("--retry" in command) == (function.name == "logger")
-  scheduled = [c[c.index("--topic") + 1] for c in creates if c[:3] == ["gcloud", "scheduler", "jobs"]]
+  scheduled = [c[c.index("--topic") + 1] for c in creates
+               if c[:3] == ["gcloud", "scheduler", "jobs"]]
   assert set(scheduled) <= topics and len(scheduled) == 2
   # Compile and submit get the one whole configuration.
   rlops = [c for c in creates if c[0] == "rlops"]
   assert [c[1] for c in rlops] == ["bigquery-init", "compile", "submit"]
   assert all(c[c.index("--config") + 1] == files["config"] for c in rlops)
-  build = [c for c in creates if c[:3] == ["gcloud", "builds", "submit"]][0]
+  build = next(c for c in creates if c[:3] == ["gcloud", "builds", "submit"])
   assert "_LOG_TOPIC=projects/my-rlops-project/topics/rlops-logs" in build[
       build.index("--substitutions") + 1]
   # Everything that may exist is looked up first.
@@ -135,7 +136,8 @@ def _gcloud_verdict(argv, config_dir):
   return f"exit {result.returncode}: {result.stderr.strip()[:400]}"
 
 
-@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Cloud CLI (gcloud) is not installed")
+@pytest.mark.skipif(shutil.which("gcloud") is None,
+                    reason="the Cloud CLI (gcloud) is not installed")
 def test_every_gcloud_command_parses(tmp_path):
   """gcloud rejects bad syntax (exit 2) before it asks for credentials: with an empty
   configuration directory every well-formed command stops at the missing account."""

@@ -12,8 +12,7 @@ from google.cloud import aiplatform
 from tfx import types
 from tfx.extensions.google_cloud_ai_platform import constants
 from tfx.extensions.google_cloud_ai_platform.pusher import executor as vertex_pusher_executor
-from tfx.types import artifact_utils
-from tfx.types import standard_component_specs
+from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import json_utils
 
 

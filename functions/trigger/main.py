@@ -21,8 +21,7 @@ from google.api_core import exceptions
 
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config
-from tfx_pipeline import vertex_runner
-from tfx_pipeline import windows
+from tfx_pipeline import vertex_runner, windows
 
 LOCK_FILE = "retrain.lock"
 
