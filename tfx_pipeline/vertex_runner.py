@@ -5,10 +5,13 @@ change from run to run: the data window is a set of pipeline parameters
 without defaults, which every submission must set, e.g.
 
   job = aiplatform.PipelineJob(
-      display_name=..., template_path="retrain.json", pipeline_root=gcp.pipeline_root,
-      parameter_values=pipeline_parameters(window, span, gcp=gcp, mode="retrain"),
+      display_name=..., job_id=job_id(name, "retrain", window), template_path="retrain.json",
+      pipeline_root=gcp.pipeline_root,
+      parameter_values=pipeline_parameters(window, gcp=gcp, mode="retrain"),
       enable_caching=False, project=gcp.project, location=gcp.region)
   job.submit(service_account=gcp.service_account)
+
+(`job_request` gives exactly these arguments.)
 
 The parameters (names in `tfx_pipeline.windows`):
   input_config  str    example_gen_pb2.Input as JSON: one split whose pattern is
