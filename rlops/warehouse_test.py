@@ -121,8 +121,8 @@ def test_training_and_count_queries_count_a_redelivered_request_once(tmp_path):
   feedback = [warehouse.feedback_values(_feedback(i)) for i in range(3)]
   # r1's prediction and r2's feedback are stored twice, as two racing MERGEs would.
   connection.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         predictions + [predictions[1]])
-  connection.executemany("INSERT INTO feedback VALUES (?, ?, ?)", feedback + [feedback[2]])
+                         [*predictions, predictions[1]])
+  connection.executemany("INSERT INTO feedback VALUES (?, ?, ?)", [*feedback, feedback[2]])
   rows = connection.execute(warehouse.training_query(0.0, float("inf"))).fetchall()
   assert [row[0] for row in rows] == ["r0", "r1", "r2"]
   assert [row[-1] for row in rows] == [f[2] for f in feedback]
