@@ -328,3 +328,13 @@ def test_trainer_custom_job_gets_its_machine_size(compiled, mode):
   resources = _container(compiled(mode), "Trainer")["resources"]
   assert resources["cpuLimit"] == CONFIG.gcp.trainer_cpu_limit
   assert resources["memoryLimit"] == CONFIG.gcp.trainer_memory_limit
+
+
+def test_a_window_has_one_job_id_that_vertex_accepts():
+  request = vertex_runner.job_request(GCP, CONFIG.pipeline.name, "gs://b/retrain.json",
+                                      pipeline_lib.RETRAIN, WINDOW)
+  job_id = request["job"]["job_id"]
+  assert job_id == f"rlops-movielens-retrain-{SPAN}-1700000000-1700003600"
+  assert re.fullmatch(r"[a-z][-a-z0-9]{0,127}", job_id)  # Vertex's rule for job ids.
+  assert vertex_runner.job_request(GCP, CONFIG.pipeline.name, "other.json", pipeline_lib.RETRAIN,
+                                   WINDOW)["job"]["job_id"] == job_id
