@@ -162,7 +162,7 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
   else:
     pusher = VertexPusher(
         model=trainer.outputs[keys.MODEL_KEY], model_blessing=evaluator.outputs[keys.BLESSING_KEY],
-        custom_config=vertex_pusher_config(config.gcp))
+        custom_config=vertex_pusher_config(config.gcp)).with_id("Pusher")
   components += [ingester, latest_blessed, trainer, evaluator, pusher]
   if beam_pipeline_args is None:
     beam_pipeline_args = (["--direct_running_mode=in_memory"] if target == LOCAL
