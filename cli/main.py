@@ -1,6 +1,5 @@
 """The `rlops` command line."""
 import argparse
-import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -267,7 +266,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     raise ConfigError("a retraining dry run needs --span, --window-begin and --window-end "
                       "(a real submission reads the last trained window from Vertex ML Metadata)")
   else:
-    window = windows.next_window(vertex_runner.last_trained_window(config.gcp))
+    window = windows.next_window(
+        vertex_runner.last_trained_window(config.gcp, config.pipeline.name),
+        lateness=config.pipeline.feedback_lateness)
     if window is None:
       raise ConfigError("no whole second has passed since the last trained window ended")
   request = vertex_runner.job_request(config.gcp, config.pipeline.name, args.template, args.mode,
@@ -275,8 +276,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   if args.dry_run:
     print(vertex_runner.describe(request))
     return 0
-  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name, "retrain"):
-    raise ConfigError("a retraining run is queued or running: not submitting another")
+  running = vertex_runner.running_jobs(config.gcp, config.pipeline.name)
+  if args.mode == windows.STARTUP and (
+      running or vertex_runner.last_trained_window(config.gcp, config.pipeline.name)):
+    print("not submitted: this pipeline has run already (startup runs once)")
+    return 0
+  if running:
+    raise ConfigError("a run of this pipeline is queued or running: not submitting another")
   print(f"submitted {vertex_runner.submit(request)}")
   return 0
 
@@ -284,7 +290,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_bigquery_init(args: argparse.Namespace) -> int:
   gcp = options.gcp_from_args(args)
   from rlops import bigquery  # pylint: disable=import-outside-toplevel
-  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset)
+  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset,
+                         location=gcp.region)
   print(f"tables predictions and feedback exist in {gcp.project}.{gcp.dataset}")
   return 0
 
@@ -292,16 +299,9 @@ def _cmd_bigquery_init(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from cli import deploy  # pylint: disable=import-outside-toplevel
-  gcp_path = args.gcp_config
-  if not gcp_path:
-    gcp_path = os.path.join("build", "gcp.json")
-    os.makedirs("build", exist_ok=True)
-    with open(gcp_path, "w") as f:
-      json.dump(dataclasses.asdict(config.gcp), f, indent=2)
   settings = deploy.DeploySettings(
       simulator_schedule=args.simulator_schedule, simulator_requests=args.simulator_requests,
-      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold,
-      gcp_config_path=gcp_path)
+      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold)
   deploy.deploy(config, settings, dry_run=args.dry_run)
   return 0
 

@@ -119,7 +119,12 @@ def remember(config: Config) -> None:
 
 
 def gcp_from_args(args: argparse.Namespace) -> GcpConfig:
-  """GcpConfig from --gcp-config and the individual options; raises ConfigError."""
+  """GcpConfig from --config, or --gcp-config and the individual options; raises ConfigError."""
+  if getattr(args, "config", None):
+    gcp = whole_config(args.config).gcp
+    if gcp is None:
+      raise ConfigError(f"--config {args.config} has no gcp section")
+    return gcp
   fields = {}
   if args.gcp_config:
     try:
@@ -147,12 +152,24 @@ GCP_OPTIONS = ("project", "region", "bucket", "dataset", "endpoint_name", "pipel
 
 
 def add_gcp_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", default=None,
+                      help="JSON file of the whole configuration with its gcp section (as "
+                           "`rlops deploy` writes it); replaces every other config option")
   parser.add_argument("--gcp-config", default=None,
                       help="JSON file of the Google Cloud settings (GcpConfig fields); "
                            "the options below override it")
   for name in GCP_OPTIONS:
     parser.add_argument(f"--{name.replace('_', '-')}", default=None,
                         help=f"GcpConfig.{name}")
+
+
+def whole_config(path: str) -> Config:
+  """The validated configuration in the JSON file `path` (`Config.to_json`)."""
+  try:
+    with open(path) as f:
+      return Config.from_json(f.read()).validate()
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise ConfigError(f"cannot read --config {path}: {error}") from error
 
 
 def config_from_args(args: argparse.Namespace, *, starts_workdir: bool = False) -> Config:
@@ -166,6 +183,8 @@ def config_from_args(args: argparse.Namespace, *, starts_workdir: bool = False) 
     ConfigError: An option is invalid, or disagrees with the workdir's configuration.
     WorkdirError: The workdir cannot be written.
   """
+  if getattr(args, "config", None):
+    return whole_config(args.config)
   check_workdir_writable(args.workdir)
   base = None if starts_workdir else remembered(args.workdir)
   given = given_options(args)

@@ -69,7 +69,7 @@ class Executor(base_executor.BaseExecutor):
     writer.close()
 
     model = artifact_utils.get_single_instance(output_dict[keys.MODEL_KEY])
-    span = examples_io.span_of(examples)
+    span = int(exec_properties[keys.SPAN_KEY])
     window_end = float(exec_properties[keys.WINDOW_END_KEY])
     model_io.save(agent, agent_config, env.num_movies, env.rank_k,
                   path_utils.serving_model_dir(model.uri),
