@@ -9,8 +9,8 @@ import time
 from typing import List, Optional
 
 from rlops import movielens
-from rlops.config import (AGENT_NAMES, AgentConfig, Config, ConfigError, DataConfig,
-                          EnvironmentConfig, GcpConfig, PipelineConfig)
+from rlops.config import (AGENT_NAMES, EXPLORATION_RULES, AgentConfig, Config, ConfigError,
+                          DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig)
 
 
 def _quiet_tensorflow() -> None:
@@ -31,7 +31,21 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--alpha", type=float, default=None,
                       help="LinUCB/LinTS exploration (default: 10 for linucb, 1 for lints)")
   parser.add_argument("--epsilon", type=float, default=defaults.agent.epsilon,
-                      help="serving-policy exploration (default: %(default)s)")
+                      help="exploration of the epsilon_greedy rule and of the neural agent "
+                           "(default: %(default)s)")
+  parser.add_argument("--exploration", default=defaults.agent.exploration,
+                      choices=EXPLORATION_RULES,
+                      help="serving-policy rule; inverse_gap explores less as the model learns "
+                           "(default: %(default)s)")
+  parser.add_argument("--gamma-scale", type=float, default=defaults.agent.gamma_scale,
+                      help="inverse_gap: gamma = gamma_scale * sqrt(records trained on) "
+                           "(default: %(default)s)")
+  parser.add_argument("--propensity-floor", type=float, default=defaults.agent.propensity_floor,
+                      help="least serving probability of any movie, at most 1/num_movies "
+                           "(default: %(default)s)")
+  parser.add_argument("--forgetting", type=float, default=defaults.agent.forgetting,
+                      help="linear agents' forgetting factor per training batch, in (0, 1]; "
+                           "1 keeps all data (default: %(default)s)")
   parser.add_argument("--num-movies", type=int, default=defaults.environment.num_movies)
   parser.add_argument("--rank-k", type=int, default=defaults.environment.rank_k)
   parser.add_argument("--batch-size", type=int, default=defaults.environment.batch_size)
@@ -78,7 +92,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
       data=DataConfig(path=args.data, seed=args.data_seed),
       environment=EnvironmentConfig(num_movies=args.num_movies, rank_k=args.rank_k,
                                     batch_size=args.batch_size, seed=args.seed),
-      agent=AgentConfig(name=args.agent, alpha=args.alpha, epsilon=args.epsilon),
+      agent=AgentConfig(name=args.agent, alpha=args.alpha, epsilon=args.epsilon,
+                        exploration=args.exploration, gamma_scale=args.gamma_scale,
+                        propensity_floor=args.propensity_floor, forgetting=args.forgetting),
       pipeline=PipelineConfig(samples=args.samples, gate_tolerance=args.gate_tolerance,
                               warm_start=not args.no_warm_start),
       workdir=args.workdir,
@@ -100,14 +116,15 @@ def _train(config: Config, samples: int) -> dict:
   everyone = np.arange(model.num_users)
   report = {
       "agent": config.agent.name,
+      "exploration": config.agent.exploration,
       "num_movies": model.num_movies,
       "rank_k": model.rank_k,
       "users": model.num_users,
       "reconstruction_rmse": model.reconstruction_rmse,
       "online": curve.summary(),
       "greedy": training.evaluate_policy(agents.greedy_policy(agent), model, everyone),
-      "serving": training.evaluate_policy(agents.serving_policy(agent, config.agent.epsilon),
-                                          model, everyone),
+      "serving": training.evaluate_policy(
+          agents.serving_policy(agent, config.agent, curve.regret.size), model, everyone),
   }
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +142,7 @@ def _print_train_report(report: dict, workdir: str) -> None:
         f"mean reward {online['mean_reward']:.3f}, regret over the last 10% {online['final_regret']:.3f}")
   print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, regret {greedy['regret']:.3f}, "
         f"optimal action {greedy['optimal_action_share']:.1%}")
-  print(f"  serving policy (epsilon-greedy):  reward {serving['reward']:.3f}, "
+  print(f"  serving policy ({report['exploration']}):  reward {serving['reward']:.3f}, "
         f"regret {serving['regret']:.3f}")
   print(f"  report: {workdir}/train_report.json, plot: {workdir}/train_regret.png")
 

@@ -43,8 +43,10 @@ class Executor(base_executor.BaseExecutor):
     examples = artifact_utils.get_single_instance(input_dict["examples"])
     records = examples_io.read_split(examples, "train", env.rank_k)
     base_directory = _warm_start_source(input_dict, config)
+    previous_records = 0.0
     if base_directory:
-      agent, _ = model_io.load_agent(base_directory)
+      agent, base_metadata = model_io.load_agent(base_directory)
+      previous_records = model_io.trained_records_of(base_metadata)
     else:
       agent = model_io.new_agent(config.agent, env.num_movies, env.rank_k)
 
@@ -66,13 +68,17 @@ class Executor(base_executor.BaseExecutor):
     model = artifact_utils.get_single_instance(output_dict["model"])
     span = examples_io.span_of(examples)
     window_end = float(exec_properties["window_end"])
+    forgetting = config.agent.forgetting if config.agent.is_linear else 1.0
+    trained_records = training.trained_records(previous_records, samples,
+                                               config.pipeline.train_batch_size, forgetting)
     model_io.save(agent, config.agent, env.num_movies, env.rank_k,
                   path_utils.serving_model_dir(model.uri),
                   {"span": span, "window_end": window_end, "samples": samples, "loss": loss,
-                   "warm_started_from": base_directory})
+                   "trained_records": trained_records, "warm_started_from": base_directory})
     model.set_int_custom_property("span", span)
     model.set_float_custom_property("window_end", window_end)
     model.set_int_custom_property("samples", samples)
+    model.set_float_custom_property("trained_records", trained_records)
     model.set_string_custom_property("agent", config.agent.name)
     model.set_string_custom_property("warm_started_from", base_directory or "")
     absl.logging.info("trained %s on %d records of span %d in %.2f s (warm start: %s)",
