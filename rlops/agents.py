@@ -121,11 +121,15 @@ def greedy_policy(agent: tf_agent.TFAgent) -> tf_policy.TFPolicy:
 
 
 def estimated_rewards_fn(agent: tf_agent.TFAgent) -> Callable:
-  """`estimated_rewards(observations) -> [batch, K]`: the agent's reward estimate of every arm."""
+  """`estimated_rewards(observations) -> [batch, K]`: the agent's reward estimate of every arm.
+
+  Linear agents: the per-arm ridge mean (no confidence bonus: with a small
+  Tikhonov weight an arm without data would score far above every other and
+  take the whole round between two retrainings). The neural agent: its
+  reward network's output.
+  """
   if isinstance(agent, linear_bandit_agent.LinearBanditAgent):
-    # theta is the per-arm ridge solution the agent keeps up to date after every train step.
-    theta = agent._variable_collection.theta  # pylint: disable=protected-access
-    return lambda observations: tf.einsum("bi,ki->bk", observations, theta)
+    return lambda observations: linear_scores(linear_arms(agent), observations, alpha=0.0)
   if isinstance(agent, neural_epsilon_greedy_agent.NeuralEpsilonGreedyAgent):
     network = agent._reward_network  # pylint: disable=protected-access
     return lambda observations: network(observations, training=False)[0]

@@ -80,7 +80,7 @@ class AgentConfig:
   learning_rate: float = 0.005
   exploration: str = "epsilon_greedy"
   gamma_scale: float = 20.0
-  propensity_floor: float = 0.001
+  propensity_floor: float = 0.0
   forgetting: float = 1.0
 
   @property
