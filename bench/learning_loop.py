@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import warnings
+from typing import List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=SyntaxWarning)
@@ -33,8 +34,8 @@ TARGETS = {20: 0.02, 100: 0.05}  # num_movies: expected regret by the fourth ret
 RECENT = {"forgetting": 0.3, "restart_shortfall": 0.5}
 
 
-def _round_table(name: str, result: learning_loop.LoopResult, uniform: np.ndarray,
-                 linucb: np.ndarray) -> None:
+def _round_table(name: str, result: learning_loop.LoopResult, uniform: List[np.ndarray],
+                 linucb: List[np.ndarray]) -> None:
   print(f"\n{name}")
   print(f"{'round':>5} {'retrainings':>11} {'expected':>9} {'served':>8} {'uniform':>8} "
         f"{'online linucb':>13} {'shortfall':>9}")
@@ -91,8 +92,8 @@ def main() -> None:
     figures[f"{num_movies}_movies"] = {"expected_regret": result.expected_regret,
                                        "round_regret": result.round_regret, **means}
     curves[f"{num_movies} movies"] = {"loop": result.cumulative_regret,
-                                      "online LinUCB": np.cumsum(linucb.ravel()),
-                                      "uniform": np.cumsum(uniform.ravel())}
+                                      "online LinUCB": np.cumsum(np.concatenate(linucb)),
+                                      "uniform": np.cumsum(np.concatenate(uniform))}
 
   model = simulation.MovieLensModel(ratings, 20, RANK_K)
   drift_rounds = args.drift_at_round + 4

@@ -13,6 +13,10 @@ from rlops.config import (AGENT_NAMES, EXPLORATION_RULES, AgentConfig, Config, C
                           DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig)
 
 
+# Startup samples of the demo: few, so that the loop visibly learns from its own logs.
+COLD_START_SAMPLES = 300
+
+
 def _quiet_tensorflow() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import warnings  # pylint: disable=import-outside-toplevel
@@ -191,12 +195,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
   for name in ("rounds", "requests", "threshold"):
     if getattr(args, name) < 1:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
+  if args.drift_at_round is not None and not 2 <= args.drift_at_round <= args.rounds:
+    raise ConfigError(f"--drift-at-round must be between 2 and --rounds, got {args.drift_at_round}")
   _quiet_tensorflow()
   from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
-                         threshold=args.threshold)
+                         threshold=args.threshold, drift_at_round=args.drift_at_round)
   demo.print_table(report)
-  print(f"\nreport: {config.workdir}/demo_report.json, plot: {config.workdir}/demo_rounds.png")
+  print(f"\nreport: {config.workdir}/demo_report.json, plots: {config.workdir}/demo_rounds.png, "
+        f"{config.workdir}/demo_learning.png")
   return 0
 
 
@@ -358,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated requests per round (default: %(default)s)")
   demo.add_argument("--threshold", type=int, default=1500,
                     help="new rewarded records that trigger a retraining (default: %(default)s)")
-  demo.set_defaults(handler=_cmd_demo)
+  demo.add_argument("--drift-at-round", type=int, default=None,
+                    help="round from which the users' preferences shift (default: no drift)")
+  # A cold start: round 1 serves a weak model, and the rounds show the loop improving it.
+  demo.set_defaults(handler=_cmd_demo, samples=COLD_START_SAMPLES)
 
   serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
   _add_config_arguments(serve)

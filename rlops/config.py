@@ -135,6 +135,10 @@ class PipelineConfig:
       "oracle" is the true value in the simulation.
     gate_tolerance: Allowed shortfall, in reward units.
     bootstrap_samples: Bootstrap replicates for the estimates' intervals.
+    drift_shortfall: When the served reward falls this far (reward units) below
+      what the serving model predicted for its own choices, the Trigger retrains
+      without waiting for enough records, and the Trainer restarts the
+      exploration's record count (see `rlops.exploration`). None: never.
   """
   name: str = "rlops-movielens"
   samples: int = 20_000
@@ -144,6 +148,7 @@ class PipelineConfig:
   gate_metrics: Tuple[str, ...] = ("dr", "oracle")
   gate_tolerance: float = 0.05
   bootstrap_samples: int = 200
+  drift_shortfall: Optional[float] = 0.5
 
   def validate(self) -> None:
     if self.samples < 1:
@@ -157,6 +162,8 @@ class PipelineConfig:
       raise ConfigError(f"gate_tolerance must be non-negative, got {self.gate_tolerance}")
     if self.bootstrap_samples < 10:
       raise ConfigError(f"bootstrap_samples must be at least 10, got {self.bootstrap_samples}")
+    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
+      raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
 
 # Google Cloud naming rules, checked before anything is compiled or submitted.

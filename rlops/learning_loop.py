@@ -11,7 +11,7 @@ order: uniform random, and TF-Agents' online LinUCB (`train_eval_movielens.py`:
 alpha 10, trained after every batch of 8).
 """
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -119,31 +119,33 @@ def run(model: simulation.MovieLensModel, rule: AgentConfig, startup_samples: in
   return LoopResult(expected_regret=expected, served_regret=served, reward_shortfall=shortfall)
 
 
-def online_linucb(model: simulation.MovieLensModel, users: np.ndarray,
-                  simulations: List[simulation.MovieLensModel], progress: bool = False) -> np.ndarray:
-  """[rounds, requests] regret of TF-Agents' online LinUCB on the same users, batch 8."""
+def online_linucb(model: simulation.MovieLensModel, users: Sequence[np.ndarray],
+                  simulations: Sequence[simulation.MovieLensModel],
+                  progress: bool = False) -> List[np.ndarray]:
+  """Per round, the regret of TF-Agents' online LinUCB on the round's users, batch 8."""
   agent = model_io.new_agent(AgentConfig(name="linucb", alpha=REFERENCE_ALPHA),
                              model.num_movies, model.rank_k)
   act = agents.exploring_action_fn(agent, AgentConfig(name="linucb", alpha=REFERENCE_ALPHA))
   train_step = training.make_train_step(agent)
-  regret = np.empty(users.shape)
-  steps = [(index, start) for index in range(users.shape[0])
-           for start in range(0, users.shape[1], REFERENCE_BATCH_SIZE)]
+  regret = [np.empty(len(row)) for row in users]
+  steps = [(index, start) for index, row in enumerate(users)
+           for start in range(0, len(row), REFERENCE_BATCH_SIZE)]
   for index, start in tqdm(steps, unit="batch", disable=not progress, desc="online linucb"):
     world = simulations[index]
-    batch = users[index, start:start + REFERENCE_BATCH_SIZE]
+    batch = users[index][start:start + REFERENCE_BATCH_SIZE]
     observations = world.observe(batch)
     actions = act(tf.constant(observations)).numpy()
     rewards = world.reward(batch, actions)
-    regret[index, start:start + len(batch)] = world.optimal_rewards[batch] - rewards
+    regret[index][start:start + len(batch)] = world.optimal_rewards[batch] - rewards
     train_step(observations, actions, rewards)
   return regret
 
 
-def uniform_regret(users: np.ndarray, simulations: List[simulation.MovieLensModel]) -> np.ndarray:
-  """[rounds, requests] expected regret of uniformly random choices for the same users."""
-  return np.stack([world.optimal_rewards[row] - world.approx_ratings[row].mean(axis=1)
-                   for world, row in zip(simulations, users)])
+def uniform_regret(users: Sequence[np.ndarray],
+                   simulations: Sequence[simulation.MovieLensModel]) -> List[np.ndarray]:
+  """Per round, the expected regret of uniformly random choices for the round's users."""
+  return [world.optimal_rewards[row] - world.approx_ratings[row].mean(axis=1)
+          for world, row in zip(simulations, users)]
 
 
 def retrainings_to_recover(expected: List[float], drift_at_round: int) -> Optional[int]:
@@ -155,9 +157,10 @@ def retrainings_to_recover(expected: List[float], drift_at_round: int) -> Option
   return None
 
 
-def summary(result: LoopResult, users: np.ndarray, simulations: List[simulation.MovieLensModel],
-            linucb: np.ndarray) -> Dict[str, float]:
+def summary(result: LoopResult, users: Sequence[np.ndarray],
+            simulations: Sequence[simulation.MovieLensModel],
+            linucb: Sequence[np.ndarray]) -> Dict[str, float]:
   """Mean regret over all served requests of the loop and of the references."""
   return {"loop": float(result.served_regret.mean()),
-          "online_linucb": float(linucb.mean()),
-          "uniform": float(uniform_regret(users, simulations).mean())}
+          "online_linucb": float(np.concatenate(linucb).mean()),
+          "uniform": float(np.concatenate(uniform_regret(users, simulations)).mean())}

@@ -113,6 +113,19 @@ def trained_records_of(metadata: Dict[str, Any]) -> float:
   return float(metadata.get("trained_records", 0.0))
 
 
+def reward_shortfall(agent: tf_agent.TFAgent, observations: np.ndarray, actions: np.ndarray,
+                     rewards: np.ndarray) -> float:
+  """Mean reward the agent predicts for the logged actions minus the mean logged reward.
+
+  Near 0 while the model is right about what it serves; large after the
+  users' preferences shift (drift).
+  """
+  if len(rewards) == 0:
+    return 0.0
+  estimates = agents.estimated_rewards_fn(agent)(tf.constant(observations, tf.float32)).numpy()
+  return float(estimates[np.arange(len(actions)), actions].mean() - np.mean(rewards))
+
+
 def probabilities(policy: agents.ExactExplorationPolicy, observations: np.ndarray) -> np.ndarray:
   """[n, K] exact action probabilities of `policy` for the given contexts."""
   return policy.probabilities(agents.restart(observations)).numpy()

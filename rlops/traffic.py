@@ -16,9 +16,13 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
                    feedback_batch: int = 200, progress: bool = False,
-                   headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                   headers: Optional[Dict[str, str]] = None,
+                   user_rows: Optional[np.ndarray] = None) -> Dict[str, Any]:
   """Sends `requests` prediction requests (bounded also by `timeout_seconds`), at most `rate`
   per second, and delivers each returned prediction's reward as feedback.
+
+  `user_rows` ([requests, instances_per_request]) fixes the users to send;
+  None: drawn uniformly at random with `seed`.
 
   Returns the totals and, per model version, the count, mean reward and mean regret
   (against the simulation's oracle) of what was served.
@@ -35,7 +39,8 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         break
       if rate:
         time.sleep(max(0.0, start + index / rate - time.monotonic()))
-      users = rng.integers(0, model.num_users, size=instances_per_request)
+      users = (rng.integers(0, model.num_users, size=instances_per_request) if user_rows is None
+               else user_rows[index])
       ids = [uuid.uuid4().hex for _ in users]
       body = {"instances": [{"observation": observation.tolist(), "request_id": rid}
                             for observation, rid in zip(model.observe(users), ids)]}

@@ -43,10 +43,17 @@ class Executor(base_executor.BaseExecutor):
     examples = artifact_utils.get_single_instance(input_dict["examples"])
     records = examples_io.read_split(examples, "train", env.rank_k)
     base_directory = _warm_start_source(input_dict, config)
-    previous_records = 0.0
+    previous_records, shortfall = 0.0, None
     if base_directory:
       agent, base_metadata = model_io.load_agent(base_directory)
       previous_records = model_io.trained_records_of(base_metadata)
+      shortfall = model_io.reward_shortfall(agent, records["observation"], records["action"],
+                                            records["reward"])
+      if config.pipeline.drift_shortfall is not None and shortfall > config.pipeline.drift_shortfall:
+        # The base model is confidently wrong: explore again as a fresh model would.
+        absl.logging.warning("served reward %.3f below the base model's prediction: drift; "
+                             "the exploration's record count restarts", shortfall)
+        previous_records = 0.0
     else:
       agent = model_io.new_agent(config.agent, env.num_movies, env.rank_k)
 
@@ -74,7 +81,8 @@ class Executor(base_executor.BaseExecutor):
     model_io.save(agent, config.agent, env.num_movies, env.rank_k,
                   path_utils.serving_model_dir(model.uri),
                   {"span": span, "window_end": window_end, "samples": samples, "loss": loss,
-                   "trained_records": trained_records, "warm_started_from": base_directory})
+                   "trained_records": trained_records, "reward_shortfall": shortfall,
+                   "warm_started_from": base_directory})
     model.set_int_custom_property("span", span)
     model.set_float_custom_property("window_end", window_end)
     model.set_int_custom_property("samples", samples)

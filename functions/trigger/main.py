@@ -19,6 +19,8 @@ from rlops.config import Config
 from tfx_pipeline import vertex_runner
 
 LOCK_FILE = "retrain.lock"
+# Fewest new records on which a drop of the served reward starts a retraining early.
+DRIFT_MIN_RECORDS = 200
 
 
 @contextlib.contextmanager
@@ -58,12 +60,39 @@ def maybe_retrain(config: Config, threshold: int) -> Dict[str, Any]:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
     waiting = new_rewarded_records(config)
+    reason = f"{waiting['count']} new rewarded records, at least {threshold}"
     if waiting["count"] < threshold:
-      return {"started": False, "new_records": waiting["count"],
-              "reason": f"{waiting['count']} new rewarded records, fewer than {threshold}"}
+      shortfall = served_reward_shortfall(config, waiting)
+      if shortfall is None or shortfall <= config.pipeline.drift_shortfall:
+        return {"started": False, "new_records": waiting["count"],
+                "reason": f"{waiting['count']} new rewarded records, fewer than {threshold}"}
+      reason = (f"early: served reward {shortfall:.3f} below the serving model's prediction "
+                f"on {waiting['count']} new records")
     from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
     result = local_runner.run(config, "retrain")
-    return {"started": True, "new_records": waiting["count"], "result": result}
+    return {"started": True, "new_records": waiting["count"], "reason": reason, "result": result}
+
+
+def served_reward_shortfall(config: Config, waiting: Dict[str, Any]) -> Optional[float]:
+  """How far the new records' reward falls below the newest pushed model's prediction;
+  None when the check is off, no model is pushed, or fewer than DRIFT_MIN_RECORDS wait."""
+  if config.pipeline.drift_shortfall is None or waiting["count"] < DRIFT_MIN_RECORDS:
+    return None
+  from rlops import model_io  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  serving = local_runner.LocalPaths(config.workdir).serving
+  try:
+    directory = os.path.join(serving, model_io.latest_version(serving))
+  except FileNotFoundError:
+    return None
+  store = warehouse_lib.Warehouse(local_runner.LocalPaths(config.workdir).warehouse)
+  try:
+    records = store.rewarded_records(waiting["begin"], waiting["end"])
+  finally:
+    store.close()
+  agent, _ = model_io.load_agent(directory)
+  return model_io.reward_shortfall(agent, records["observation"], records["action"],
+                                   records["reward"])
 
 
 def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
