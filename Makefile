@@ -5,7 +5,7 @@ WORKDIR ?= rlops-work
 # setup_env.sh installs uv here when it is not on PATH.
 UV ?= $(shell command -v uv || echo .cache/tools/bin/uv)
 
-.PHONY: setup demo test bench lock clean
+.PHONY: setup demo lint test bench lock clean
 
 setup:
 	@bash setup_env.sh
@@ -13,7 +13,11 @@ setup:
 demo: setup
 	$(PY) -m cli.main demo --workdir $(WORKDIR)
 
-test: setup
+lint: setup
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest
 
 bench: setup

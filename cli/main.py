@@ -5,7 +5,7 @@ import json
 import os
 import pathlib
 import sys
-import time
+import warnings
 from typing import List, Optional
 
 from rlops import movielens
@@ -17,12 +17,12 @@ from rlops.config import (AGENT_NAMES, EXPLORATION_RULES, AgentConfig, Config, C
 COLD_START_SAMPLES = 300
 
 
-def _quiet_tensorflow() -> None:
+def _quiet_known_noise() -> None:
+  """Silences what the libraries print on import that is no news to a user: TensorFlow's
+  C++ start-up logs and the Google clients' deprecation notices about their own
+  Python and grpcio support."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import warnings  # pylint: disable=import-outside-toplevel
-  warnings.filterwarnings("ignore", category=FutureWarning)
-  warnings.filterwarnings("ignore", category=SyntaxWarning)
-  warnings.filterwarnings("ignore", category=UserWarning)
+  warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +108,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _train(config: Config, samples: int) -> dict:
   """Trains the configured agent online on the simulation; writes a report and a plot."""
-  _quiet_tensorflow()
   import numpy as np  # pylint: disable=import-outside-toplevel
   from rlops import agents, environment, plots, simulation, training  # pylint: disable=import-outside-toplevel
   model = simulation.MovieLensModel.from_config(config)
@@ -158,9 +157,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_run(result: dict) -> None:
+  from tfx_pipeline import windows  # pylint: disable=import-outside-toplevel
   window = result["window"]
-  print(f"\n{result['mode']} pipeline, span {window['span']}: records logged in "
-        f"[{window['begin']:.0f}, {window['end']:.0f})")
+  print(f"\n{result['mode']} pipeline"
+        + (f", records logged in {windows.Window(**window)}" if window else ""))
   if not result["trained"]:
     print(f"  nothing trained: {result['reason']}")
     return
@@ -183,7 +183,6 @@ def _print_run(result: dict) -> None:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  _quiet_tensorflow()
   from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
   _print_run(local_runner.run(config, args.mode))
   return 0
@@ -197,7 +196,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
   if args.drift_at_round is not None and not 2 <= args.drift_at_round <= args.rounds:
     raise ConfigError(f"--drift-at-round must be between 2 and --rounds, got {args.drift_at_round}")
-  _quiet_tensorflow()
   from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
                          threshold=args.threshold, drift_at_round=args.drift_at_round)
@@ -217,7 +215,6 @@ def _sink(args: argparse.Namespace, config: Config):
 
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  _quiet_tensorflow()
   import uvicorn  # pylint: disable=import-outside-toplevel
   from rlops import server  # pylint: disable=import-outside-toplevel
   from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
@@ -242,7 +239,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  _quiet_tensorflow()
   from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
   modes = ("startup", "retrain") if args.mode == "both" else (args.mode,)
   for mode in modes:
@@ -256,18 +252,23 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import vertex_runner, windows  # pylint: disable=import-outside-toplevel
   if args.window_end is not None:
-    window = {"span": args.span, "begin": args.window_begin, "end": args.window_end}
-  elif args.mode == "startup":
-    window = {"span": 1, "begin": 0.0, "end": float(int(time.time()))}
+    try:
+      window = windows.Window(span=args.span, begin=args.window_begin, end=args.window_end)
+    except ValueError as error:
+      raise ConfigError(f"--span, --window-begin, --window-end: {error}") from error
+  elif args.mode == windows.STARTUP:
+    window = windows.next_window(None)
   elif args.dry_run:
     raise ConfigError("a retraining dry run needs --span, --window-begin and --window-end "
                       "(a real submission reads the last trained window from Vertex ML Metadata)")
   else:
-    window = vertex_runner.next_window(config.gcp)
+    window = windows.next_window(vertex_runner.last_trained_window(config.gcp))
+    if window is None:
+      raise ConfigError("no whole second has passed since the last trained window ended")
   request = vertex_runner.job_request(config.gcp, config.pipeline.name, args.template, args.mode,
-                                      window, window["span"], enable_caching=args.cache)
+                                      window, enable_caching=args.cache)
   if args.dry_run:
     print(vertex_runner.describe(request))
     return 0
@@ -303,7 +304,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-  _quiet_tensorflow()
   from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
   path = local_runner.LocalPaths(args.workdir).metadata
   if not os.path.exists(path):
@@ -399,7 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.set_defaults(handler=_cmd_pipeline)
 
   compile_ = commands.add_parser("compile", help="compile the pipelines for Vertex Pipelines")
-  compile_.add_argument("--target", choices=("vertex",), default="vertex")
   compile_.add_argument("--mode", choices=("startup", "retrain", "both"), default="both")
   compile_.add_argument("--output", required=True,
                         help="pipeline JSON; with --mode both, -startup and -retrain are added")
@@ -456,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+  _quiet_known_noise()
   args = build_parser().parse_args(argv)
   try:
     return args.handler(args)

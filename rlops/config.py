@@ -3,10 +3,11 @@ import dataclasses
 import json
 import os
 import re
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, Type, TypeVar
 
 AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
 EXPLORATION_RULES = ("inverse_gap", "epsilon_greedy")
+Section = TypeVar("Section")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,10 @@ class AgentConfig:
     forgetting: Linear agents' forgetting factor in (0, 1]: before each
       training batch their statistics are multiplied by it, so older data
       weigh less; 1 keeps everything.
+    drift_shortfall: When the served reward falls this far (reward units) below
+      what the serving model predicted for its own choices, the Trigger retrains
+      without waiting for enough records, and the Trainer restarts the
+      exploration's record count. None: never.
   """
   name: str = "linucb"
   alpha: Optional[float] = None
@@ -82,6 +87,7 @@ class AgentConfig:
   gamma_scale: float = 20.0
   propensity_floor: float = 0.0
   forgetting: float = 1.0
+  drift_shortfall: Optional[float] = 0.5
 
   @property
   def effective_alpha(self) -> float:
@@ -115,6 +121,8 @@ class AgentConfig:
       raise ConfigError(f"propensity_floor must be in [0, 1), got {self.propensity_floor}")
     if not 0.0 < self.forgetting <= 1.0:
       raise ConfigError(f"forgetting must be in (0, 1], got {self.forgetting}")
+    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
+      raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
 
 GATE_METRICS = ("dr", "snips", "ips", "oracle")
@@ -135,10 +143,6 @@ class PipelineConfig:
       "oracle" is the true value in the simulation.
     gate_tolerance: Allowed shortfall, in reward units.
     bootstrap_samples: Bootstrap replicates for the estimates' intervals.
-    drift_shortfall: When the served reward falls this far (reward units) below
-      what the serving model predicted for its own choices, the Trigger retrains
-      without waiting for enough records, and the Trainer restarts the
-      exploration's record count (see `rlops.exploration`). None: never.
   """
   name: str = "rlops-movielens"
   samples: int = 20_000
@@ -148,7 +152,6 @@ class PipelineConfig:
   gate_metrics: Tuple[str, ...] = ("dr", "oracle")
   gate_tolerance: float = 0.05
   bootstrap_samples: int = 200
-  drift_shortfall: Optional[float] = 0.5
 
   def validate(self) -> None:
     if self.samples < 1:
@@ -162,8 +165,6 @@ class PipelineConfig:
       raise ConfigError(f"gate_tolerance must be non-negative, got {self.gate_tolerance}")
     if self.bootstrap_samples < 10:
       raise ConfigError(f"bootstrap_samples must be at least 10, got {self.bootstrap_samples}")
-    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
-      raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
 
 # Google Cloud naming rules, checked before anything is compiled or submitted.
@@ -295,19 +296,17 @@ class Config:
     return self
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+    return section_to_json(self)
 
   @classmethod
   def from_json(cls, text: str) -> "Config":
     fields = json.loads(text)
-    fields["agent"]["hidden_units"] = tuple(fields["agent"]["hidden_units"])
-    fields["pipeline"]["gate_metrics"] = tuple(fields["pipeline"]["gate_metrics"])
-    return cls(data=DataConfig(**fields["data"]),
-               environment=EnvironmentConfig(**fields["environment"]),
-               agent=AgentConfig(**fields["agent"]),
-               pipeline=PipelineConfig(**fields["pipeline"]),
+    return cls(data=_section(DataConfig, fields["data"]),
+               environment=_section(EnvironmentConfig, fields["environment"]),
+               agent=_section(AgentConfig, fields["agent"]),
+               pipeline=_section(PipelineConfig, fields["pipeline"]),
                workdir=fields["workdir"],
-               gcp=GcpConfig(**fields["gcp"]) if fields.get("gcp") else None)
+               gcp=_section(GcpConfig, fields["gcp"]) if fields.get("gcp") else None)
 
   def replace(self, **sections) -> "Config":
     """A copy with some fields of some sections replaced: replace(agent={"name": "lints"})."""
@@ -318,3 +317,21 @@ class Config:
       else:
         changes[section] = fields
     return dataclasses.replace(self, **changes)
+
+
+def section_to_json(section: Any) -> str:
+  """A configuration section (or the whole Config) as JSON, keys sorted."""
+  return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+def _section(cls: Type[Section], fields: dict) -> Section:
+  # JSON has no tuples: the sections' sequence fields are all tuples.
+  return cls(**{name: tuple(value) if isinstance(value, list) else value
+                for name, value in fields.items()})
+
+
+def section_from_json(cls: Type[Section], text: str) -> Section:
+  """The section of class `cls` that `section_to_json` wrote, validated."""
+  section = _section(cls, json.loads(text))
+  section.validate()
+  return section

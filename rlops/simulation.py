@@ -61,8 +61,13 @@ class MovieLensModel:
   @classmethod
   def from_config(cls, config) -> "MovieLensModel":
     """The model of a validated `rlops.config.Config`."""
-    return cls(movielens.ratings_from_config(config.data),
-               num_movies=config.environment.num_movies, rank_k=config.environment.rank_k)
+    return cls.from_sections(config.data, config.environment)
+
+  @classmethod
+  def from_sections(cls, data, environment) -> "MovieLensModel":
+    """The model of a `DataConfig` and an `EnvironmentConfig`."""
+    return cls(movielens.ratings_from_config(data), num_movies=environment.num_movies,
+               rank_k=environment.rank_k)
 
   @property
   def num_users(self) -> int:

@@ -4,10 +4,11 @@ import functools
 import os
 import time
 import uuid
+from typing import Optional
 
 import numpy as np
 
-from rlops import agents, model_io, movielens, simulation
+from rlops import agents, model_io, movielens, records, simulation
 from rlops import warehouse as warehouse_lib
 
 
@@ -22,10 +23,12 @@ def small_model(num_movies: int = 10, rank_k: int = 4) -> simulation.MovieLensMo
 
 
 def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
-                       warehouse: warehouse_lib.Warehouse, requests: int, seed: int = 0) -> dict:
+                       warehouse: warehouse_lib.Warehouse, requests: int, seed: int = 0,
+                       event_time: Optional[float] = None) -> dict:
   """Serves `requests` simulated users with the newest pushed policy and logs each
-  prediction (context, action, exact propensity, version) and its reward: what the
-  endpoint, Logger and Simulator do across processes, in one."""
+  prediction (context, action, exact propensity, version) and its reward, at
+  `event_time` (default: now): what the endpoint, Logger and Simulator do across
+  processes, in one."""
   version = model_io.latest_version(serving_directory)
   policy = model_io.load_serving_policy(os.path.join(serving_directory, version))
   rng = np.random.default_rng(seed)
@@ -35,13 +38,13 @@ def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
   actions = step.action.numpy()
   propensities = np.exp(step.info.log_probability.numpy())
   rewards = model.reward(users, actions)
-  now = time.time()
+  now = time.time() if event_time is None else event_time
   ids = [uuid.uuid4().hex for _ in range(requests)]
   warehouse.insert_predictions([
-      {"request_id": rid, "event_time": now, "observation": obs.tolist(), "action": int(action),
-       "propensity": float(p), "model_version": version, "source": "simulator"}
+      records.Prediction(request_id=rid, event_time=now, observation=obs, action=int(action),
+                         propensity=float(p), model_version=version, source="simulator")
       for rid, obs, action, p in zip(ids, observations, actions, propensities)])
-  warehouse.insert_feedback([{"request_id": rid, "event_time": now, "reward": float(r)}
+  warehouse.insert_feedback([records.Feedback(request_id=rid, event_time=now, reward=float(r))
                              for rid, r in zip(ids, rewards)])
   return {"model_version": version, "requests": requests, "mean_reward": float(rewards.mean()),
           "regret": float(model.regret(users, actions).mean())}

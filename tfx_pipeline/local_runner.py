@@ -1,8 +1,7 @@
 """Runs the pipeline with LocalDagRunner: MLMD, warehouse and pushed models under the workdir."""
 import dataclasses
 import os
-import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from tfx import v1 as tfx
 
@@ -10,6 +9,7 @@ from rlops import warehouse as warehouse_lib
 from rlops.config import Config
 from tfx_pipeline import metadata
 from tfx_pipeline import pipeline as pipeline_lib
+from tfx_pipeline import windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,42 +35,43 @@ class LocalPaths:
     return os.path.join(self.workdir, "serving")
 
 
-def next_window(store) -> Dict[str, Any]:
-  """The next span number and its window [begin, end), from the end of the last trained
-  window to the last whole second: records of the unfinished second go to the next one."""
-  span, begin = metadata.last_trained_window(store)
-  end = float(int(time.time()))
-  if end <= begin:
-    time.sleep(begin + 1 - time.time())
-    end = begin + 1
-  return {"span": span + 1, "begin": begin, "end": end}
+def next_window(store, now: Optional[float] = None) -> Optional[windows.Window]:
+  """The window after the last one a Trainer recorded in `store` (None: none has passed)."""
+  return windows.next_window(metadata.last_trained_window(store), now)
 
 
-def run(config: Config, mode: str) -> Dict[str, Any]:
+def run(config: Config, mode: str, window: Optional[windows.Window] = None) -> Dict[str, Any]:
   """Runs the startup or retraining pipeline; returns what was trained and what became of it.
 
-  A retraining run with no new rewarded records since the last trained span
-  trains nothing and says so.
+  Args:
+    config: The validated configuration.
+    mode: "startup" or "retrain".
+    window: The records to train on; None: the window after the last trained one.
+      A retraining with no rewarded records in it trains nothing and says so.
   """
   config.validate()
+  windows.check_mode(mode)
   paths = LocalPaths(config.workdir)
   os.makedirs(paths.workdir, exist_ok=True)
   store = metadata.connect(paths.metadata)
-  window = next_window(store)
+  window = window or next_window(store)
+  if window is None:
+    return {"mode": mode, "trained": False, "window": None,
+            "reason": "no whole second has passed since the last trained window ended"}
   warehouse = warehouse_lib.Warehouse(paths.warehouse)
   try:
-    new_records = warehouse.count_rewarded(window["begin"], window["end"])
+    new_records = warehouse.count_rewarded(window.begin, window.end)
   finally:
     warehouse.close()
-  if mode == pipeline_lib.RETRAIN and new_records == 0:
-    return {"mode": mode, "trained": False, "window": window,
-            "reason": f"no new rewarded records since the last trained window ended at {window['begin']}"}
+  if mode == windows.RETRAIN and new_records == 0:
+    return {"mode": mode, "trained": False, "window": window.to_dict(),
+            "reason": f"no new rewarded records in the window {window}"}
   tfx.orchestration.LocalDagRunner().run(pipeline_lib.create_pipeline(
-      config, mode, span=window["span"], window_begin=window["begin"], window_end=window["end"],
-      pipeline_root=paths.pipeline_root, warehouse=paths.warehouse, push_directory=paths.serving,
+      config, mode, window, pipeline_root=paths.pipeline_root, warehouse=paths.warehouse,
+      push_directory=paths.serving,
       metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
           paths.metadata)))
   trained = [model for model in metadata.artifacts_of_type(store, "Model")
-             if metadata.properties(model).get("window_end") == window["end"]]
-  return {"mode": mode, "trained": True, "window": window,
+             if metadata.properties(model).get("window_end") == window.end]
+  return {"mode": mode, "trained": True, "window": window.to_dict(),
           **metadata.model_outcome(store, trained[-1])}

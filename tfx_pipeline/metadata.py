@@ -1,12 +1,12 @@
 """Questions the runners and the CLI ask ML Metadata: spans trained, run outcomes, lineage."""
-import json
-import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from custom_components.evaluator.executor import EVALUATION_FILE
+from custom_components import keys
+from custom_components.evaluator import evaluation as evaluation_io
+from tfx_pipeline import windows
 
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
@@ -36,12 +36,15 @@ def artifacts_of_type(store, type_name: str) -> List[metadata_store_pb2.Artifact
     return []  # The type is registered only once such an artifact exists.
 
 
-def last_trained_window(store) -> Tuple[int, float]:
-  """(span, window end) of the newest data any Trainer trained on, blessed or not: each
-  window is trained on once. (0, 0.0) before the first training."""
-  trained = [(values["span"], values["window_end"]) for values in
+def last_trained_window(store) -> Optional[windows.TrainedWindow]:
+  """The newest window any Trainer trained on, blessed or not (each window is trained on
+  once); None before the first training."""
+  trained = [(values["window_end"], values["span"]) for values in
              map(properties, artifacts_of_type(store, "Model")) if "window_end" in values]
-  return max(trained) if trained else (0, 0.0)
+  if not trained:
+    return None
+  end, span = max(trained)
+  return windows.TrainedWindow(span=int(span), end=float(end))
 
 
 def producer(store, artifact_id: int) -> Optional[metadata_store_pb2.Execution]:
@@ -94,12 +97,11 @@ def model_outcome(store, model: metadata_store_pb2.Artifact) -> Dict[str, Any]:
   outcome: Dict[str, Any] = {"model_id": model.id, "model_uri": model.uri, **properties(model)}
   for execution in _consumers(store, model.id):
     outs = outputs(store, execution.id)
-    if "evaluation" in outs and "blessing" in outs:
-      with open(os.path.join(outs["evaluation"][0].uri, EVALUATION_FILE)) as f:
-        outcome["evaluation"] = json.load(f)
-      outcome["blessed"] = bool(properties(outs["blessing"][0]).get("blessed"))
-    if "pushed_model" in outs:
-      pushed = properties(outs["pushed_model"][0])
+    if keys.EVALUATION_KEY in outs and keys.BLESSING_KEY in outs:
+      outcome["evaluation"] = evaluation_io.read(outs[keys.EVALUATION_KEY][0].uri)
+      outcome["blessed"] = bool(properties(outs[keys.BLESSING_KEY][0]).get("blessed"))
+    if keys.PUSHED_MODEL_KEY in outs:
+      pushed = properties(outs[keys.PUSHED_MODEL_KEY][0])
       outcome["pushed"] = bool(pushed.get("pushed"))
       outcome["pushed_destination"] = pushed.get("pushed_destination") if outcome["pushed"] else None
   return outcome
@@ -110,7 +112,7 @@ def latest_pushed_model(store) -> Optional[metadata_store_pb2.Artifact]:
   for pushed in reversed(artifacts_of_type(store, "PushedModel")):
     if properties(pushed).get("pushed"):
       pusher = producer(store, pushed.id)
-      return inputs(store, pusher.id)["model"][0]
+      return inputs(store, pusher.id)[keys.MODEL_KEY][0]
   return None
 
 
@@ -122,7 +124,7 @@ def lineage(store, model: metadata_store_pb2.Artifact) -> List[Dict[str, Any]]:
   while model is not None:
     trainer = producer(store, model.id)
     trainer_inputs = inputs(store, trainer.id)
-    examples = trainer_inputs["examples"][0]
+    examples = trainer_inputs[keys.EXAMPLES_KEY][0]
     example_gen = producer(store, examples.id)
     run = run_id(store, example_gen)
     generators = [execution for execution in _executions_of_run(store, run)
@@ -136,11 +138,11 @@ def lineage(store, model: metadata_store_pb2.Artifact) -> List[Dict[str, Any]]:
         "generator": None,
     }
     if generators:
-      interactions = outputs(store, generators[0].id).get("interactions", [])
+      interactions = outputs(store, generators[0].id).get(keys.INTERACTIONS_KEY, [])
       link["generator"] = {"execution_id": generators[0].id,
                            **(properties(interactions[0]) if interactions else {})}
     chain.append(link)
-    base = trainer_inputs.get("base_model")
+    base = trainer_inputs.get(keys.BASE_MODEL_KEY)
     model = base[0] if base else None
   return chain
 

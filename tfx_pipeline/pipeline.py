@@ -6,28 +6,16 @@ from tfx import v1 as tfx
 
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
-from custom_components.ingester.component import SqliteExampleGen
+from custom_components.ingester.component import TRAIN_EVAL_SPLIT, SqliteExampleGen
 from custom_components.trainer.component import Trainer
+from custom_components import keys
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, GcpConfig
+from tfx_pipeline import windows
+from tfx_pipeline.windows import RETRAIN, STARTUP
 
-STARTUP = "startup"
-RETRAIN = "retrain"
 LOCAL = "local"
 VERTEX = "vertex"
-
-# Vertex pipeline parameters, set by every submission (vertex_runner.pipeline_parameters).
-INPUT_CONFIG_PARAMETER = "input_config"
-RANGE_CONFIG_PARAMETER = "range_config"
-WINDOW_END_PARAMETER = "window_end"
-EVENT_TIME_PARAMETER = "event_time"
-
-# train:eval = 4:1 by hash, on both targets.
-OUTPUT_CONFIG = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-    tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
-    tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
-]))
-
 
 def dataflow_beam_args(gcp: GcpConfig) -> List[str]:
   """Beam on Dataflow with the pipeline image as worker container.
@@ -84,8 +72,7 @@ def _parameter(name: str, ptype: type) -> tfx.dsl.experimental.RuntimeParameter:
   return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype)
 
 
-def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
-                    window_begin: Optional[float] = None, window_end: Optional[float] = None, *,
+def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] = None, *,
                     pipeline_root: str, warehouse: str, push_directory: Optional[str] = None,
                     target: str = LOCAL,
                     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
@@ -93,8 +80,8 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
   """Startup: Generator, Ingester, Trainer, Evaluator, Pusher. Retrain: Ingester,
   resolver, Trainer (warm-started), Evaluator, Pusher.
 
-  The Ingester reads span number `span`: the rewarded records logged in
-  [window_begin, window_end), Unix seconds. The bounds are literals in the
+  The Ingester reads the window's span: the rewarded records logged in
+  [window.begin, window.end), Unix seconds. The bounds are literals in the
   query text, so the text changes with the data (query-based ExampleGens have
   no input fingerprint) and the Trainer records the window's end in MLMD.
 
@@ -102,41 +89,42 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
   process. target VERTEX (needs `config.gcp`): BigQueryExampleGen on the
   dataset, the Generator writes to `warehouse` ("bq://project.dataset"), the
   Vertex Pusher deploys to the one endpoint, Beam on Dataflow. The window is
-  then not known when compiling: leave span and the window None; each run sets
-  the pipeline parameters *_PARAMETER (the query, the span, the window's end and
+  then not known when compiling: leave it None; each run sets the pipeline
+  parameters `windows.*_PARAMETER` (the query, the span, the window's end and
   the Generator's event time).
   """
-  if mode not in (STARTUP, RETRAIN):
-    raise ValueError(f"mode must be {STARTUP!r} or {RETRAIN!r}, got {mode!r}")
-  window = (span, window_begin, window_end)
+  windows.check_mode(mode)
   if target == LOCAL:
-    if None in window or push_directory is None:
-      raise ValueError("a local pipeline needs span, window_begin, window_end and push_directory")
+    if window is None or push_directory is None:
+      raise ValueError("a local pipeline needs a window and a push_directory")
   elif target == VERTEX:
     if config.gcp is None:
       raise ValueError("a Vertex pipeline needs config.gcp")
-    if window != (None, None, None) or metadata_connection_config is not None:
+    if window is not None or metadata_connection_config is not None:
       raise ValueError("a Vertex pipeline takes its window from pipeline parameters at run time "
                        "and its metadata from Vertex ML Metadata: pass neither")
   else:
     raise ValueError(f"target must be {LOCAL!r} or {VERTEX!r}, got {target!r}")
 
   if target == LOCAL:
-    ingester = SqliteExampleGen(query=warehouse_lib.training_query(window_begin, window_end),
-                                warehouse_path=warehouse, span=span, output_config=OUTPUT_CONFIG)
+    ingester = SqliteExampleGen(query=warehouse_lib.training_query(window.begin, window.end),
+                                warehouse_path=warehouse, span=window.span,
+                                output_config=TRAIN_EVAL_SPLIT)
     # Stamped just before the window's end, so the Ingester of this run reads them.
-    event_time, trained_window_end = window_end - 1, window_end
+    event_time, trained_window_end = window.end - 1, window.end
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
-        input_config=_parameter(INPUT_CONFIG_PARAMETER, str), output_config=OUTPUT_CONFIG,
-        range_config=_parameter(RANGE_CONFIG_PARAMETER, str))
-    event_time = _parameter(EVENT_TIME_PARAMETER, float)
-    trained_window_end = _parameter(WINDOW_END_PARAMETER, float)
+        input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=TRAIN_EVAL_SPLIT,
+        range_config=_parameter(windows.RANGE_CONFIG_PARAMETER, str))
+    event_time = _parameter(windows.EVENT_TIME_PARAMETER, float)
+    trained_window_end = _parameter(windows.WINDOW_END_PARAMETER, float)
   ingester = ingester.with_id("Ingester")
 
   components = []
   if mode == STARTUP:
-    generator = Generator(config, event_time=event_time, warehouse=warehouse)
+    generator = Generator(data=config.data, environment=config.environment,
+                          samples=config.pipeline.samples, event_time=event_time,
+                          warehouse=warehouse)
     ingester.add_upstream_node(generator)
     components.append(generator)
   latest_blessed = tfx.dsl.Resolver(
@@ -144,25 +132,33 @@ def create_pipeline(config: Config, mode: str, span: Optional[int] = None,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
   ).with_id("latest_blessed_model_resolver")
-  trainer = Trainer(examples=ingester.outputs["examples"], config=config,
+  examples = ingester.outputs[keys.EXAMPLES_KEY]
+  trainer = Trainer(examples=examples, agent=config.agent, environment=config.environment,
+                    train_batch_size=config.pipeline.train_batch_size,
+                    epochs=config.pipeline.epochs, warm_start=config.pipeline.warm_start,
                     window_end=trained_window_end,
-                    base_model=latest_blessed.outputs["model"] if mode == RETRAIN else None)
+                    base_model=latest_blessed.outputs[keys.MODEL_KEY] if mode == RETRAIN else None)
   if target == VERTEX:
     # Vertex runs each task as a custom job; the Trainer's gets its own machine size.
     from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
     trainer.with_platform_config(
         pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
             cpu_limit=config.gcp.trainer_cpu_limit, memory_limit=config.gcp.trainer_memory_limit))
-  evaluator = Evaluator(examples=ingester.outputs["examples"], model=trainer.outputs["model"],
-                        baseline_model=latest_blessed.outputs["model"], config=config)
+  evaluator = Evaluator(examples=examples, model=trainer.outputs[keys.MODEL_KEY],
+                        baseline_model=latest_blessed.outputs[keys.MODEL_KEY], data=config.data,
+                        environment=config.environment,
+                        gate_metrics=config.pipeline.gate_metrics,
+                        gate_tolerance=config.pipeline.gate_tolerance,
+                        bootstrap_samples=config.pipeline.bootstrap_samples,
+                        seed=config.environment.seed)
   if target == LOCAL:
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=trainer.outputs[keys.MODEL_KEY], model_blessing=evaluator.outputs[keys.BLESSING_KEY],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
   else:
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=trainer.outputs[keys.MODEL_KEY], model_blessing=evaluator.outputs[keys.BLESSING_KEY],
         custom_config=vertex_pusher_config(config.gcp))
   components += [ingester, latest_blessed, trainer, evaluator, pusher]
   if beam_pipeline_args is None:

@@ -10,7 +10,7 @@ without defaults, which every submission must set, e.g.
       enable_caching=False, project=gcp.project, location=gcp.region)
   job.submit(service_account=gcp.service_account)
 
-The parameters (names as in `tfx_pipeline.pipeline`):
+The parameters (names in `tfx_pipeline.windows`):
   input_config  str    example_gen_pb2.Input as JSON: one split whose pattern is
                        `warehouse.training_query(begin, end, gcp.table_prefix)`.
   range_config  str    range_config_pb2.RangeConfig as JSON: static range [span, span].
@@ -25,56 +25,39 @@ The Vertex AI calls below import `aiplatform` only when made, and take a
 stand-in module so tests can assert on the exact requests.
 """
 import json
-import math
-import numbers
 import os
-import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, ConfigError, GcpConfig
+from tfx_pipeline import windows
+from tfx_pipeline.windows import STARTUP
 
-# The modes and parameter names of tfx_pipeline.pipeline, spelled out here so that
-# submitters need no TFX; vertex_runner_test checks them against the compiled pipelines.
-STARTUP = "startup"
-RETRAIN = "retrain"
-INPUT_CONFIG = "input_config"
-RANGE_CONFIG = "range_config"
-WINDOW_END = "window_end"
-EVENT_TIME = "event_time"
 # The split name TFX gives the single split of a query (utils.make_default_input_config).
 _SINGLE_SPLIT = "single_split"
 
 
-def pipeline_parameters(window: Mapping[str, float], span: int, *, gcp: GcpConfig,
-                        mode: str) -> Dict[str, Any]:
+def pipeline_parameters(window: windows.Window, *, gcp: GcpConfig, mode: str) -> Dict[str, Any]:
   """The values a submission of the compiled `mode` pipeline sets: exactly its parameters.
 
   Args:
-    window: {"begin": ..., "end": ...}, Unix seconds, the records to train on
-      (as `local_runner.next_window` gives it; other keys are ignored).
-    span: The span number of this window.
+    window: The records to train on.
     gcp: Names the BigQuery tables the query reads.
     mode: "startup" or "retrain".
   """
-  if mode not in (STARTUP, RETRAIN):
-    raise ValueError(f"mode must be {STARTUP!r} or {RETRAIN!r}, got {mode!r}")
-  if isinstance(span, bool) or not isinstance(span, numbers.Integral) or span < 0:
-    raise ValueError(f"span must be a non-negative integer, got {span!r}")
-  begin, end = float(window["begin"]), float(window["end"])
-  if not (math.isfinite(begin) and math.isfinite(end) and begin < end):
-    raise ValueError(f"the window must be finite with begin < end, got [{begin}, {end})")
-  if mode == STARTUP and end - 1 < begin:
-    raise ValueError(f"the startup window must be at least a second long, got [{begin}, {end})")
-  query = warehouse_lib.training_query(begin, end, table_prefix=gcp.table_prefix)
+  windows.check_mode(mode)
+  if mode == STARTUP and window.end - 1 < window.begin:
+    raise ValueError(f"the startup window must be at least a second long, got {window}")
+  query = warehouse_lib.training_query(window.begin, window.end, table_prefix=gcp.table_prefix)
   values = {
-      INPUT_CONFIG: json.dumps({"splits": [{"name": _SINGLE_SPLIT, "pattern": query}]}),
-      RANGE_CONFIG: json.dumps({"static_range": {"start_span_number": int(span),
-                                                 "end_span_number": int(span)}}),
-      WINDOW_END: end,
+      windows.INPUT_CONFIG_PARAMETER: json.dumps(
+          {"splits": [{"name": _SINGLE_SPLIT, "pattern": query}]}),
+      windows.RANGE_CONFIG_PARAMETER: json.dumps(
+          {"static_range": {"start_span_number": window.span, "end_span_number": window.span}}),
+      windows.WINDOW_END_PARAMETER: window.end,
   }
   if mode == STARTUP:
-    values[EVENT_TIME] = end - 1
+    values[windows.EVENT_TIME_PARAMETER] = window.end - 1
   return values
 
 
@@ -106,13 +89,6 @@ def compile_pipeline(config: Config, mode: str, output_path: str) -> str:
   return os.path.join(output_dir, output_filename)
 
 
-def _aiplatform(module):
-  if module is not None:
-    return module
-  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
-  return aiplatform
-
-
 RUNNING_STATES = ("PIPELINE_STATE_QUEUED", "PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING")
 
 
@@ -128,18 +104,18 @@ def display_name(pipeline_name: str, mode: str) -> str:
 
 
 def job_request(gcp: GcpConfig, pipeline_name: str, template_path: str, mode: str,
-                window: Dict[str, float], span: int, enable_caching: bool = False) -> Dict[str, Any]:
+                window: windows.Window, enable_caching: bool = False) -> Dict[str, Any]:
   """The arguments of `aiplatform.PipelineJob(...)` and `.submit(...)` for one run."""
   return {
       "job": {
           "display_name": display_name(pipeline_name, mode),
           "template_path": template_path,
           "pipeline_root": gcp.pipeline_root,
-          "parameter_values": pipeline_parameters(window, span, gcp=gcp, mode=mode),
+          "parameter_values": pipeline_parameters(window, gcp=gcp, mode=mode),
           "enable_caching": enable_caching,
           "project": gcp.project,
           "location": gcp.region,
-          "labels": {"rlops-mode": mode, "rlops-span": str(span)},
+          "labels": {"rlops-mode": mode, "rlops-span": str(window.span)},
       },
       "submit": {"service_account": gcp.service_account},
   }
@@ -161,29 +137,20 @@ def running_jobs(gcp: GcpConfig, pipeline_name: str, mode: str, aiplatform=None)
   return [job.resource_name for job in jobs]
 
 
-def last_trained_window(gcp: GcpConfig, aiplatform=None) -> Dict[str, float]:
-  """{"span", "end"} of the newest window a Trainer recorded in Vertex ML Metadata.
+def last_trained_window(gcp: GcpConfig, aiplatform=None) -> Optional[windows.TrainedWindow]:
+  """The newest window a Trainer recorded in Vertex ML Metadata; None before the first.
 
   The Trainer writes `window_end` (and `span`) as custom properties of its Model
   artifact; TFX on Vertex stores them in the artifact's metadata.
   """
   artifacts = _aiplatform(aiplatform).Artifact.list(
       filter='schema_title="tfx.Model"', project=gcp.project, location=gcp.region)
-  windows = [(float(a.metadata["window_end"]), int(a.metadata.get("span", 0)))
+  trained = [(float(a.metadata["window_end"]), int(a.metadata.get("span", 0)))
              for a in artifacts if "window_end" in (a.metadata or {})]
-  if not windows:
-    return {"span": 0, "end": 0.0}
-  end, span = max(windows)
-  return {"span": span, "end": end}
-
-
-def next_window(gcp: GcpConfig, aiplatform=None, now: Optional[float] = None) -> Dict[str, Any]:
-  """The next span and its window [begin, end): from the last trained end to the last whole second."""
-  last = last_trained_window(gcp, aiplatform)
-  end = float(int(now if now is not None else time.time()))
-  if end <= last["end"]:
-    raise ValueError(f"no time has passed since the last trained window ended at {last['end']}")
-  return {"span": last["span"] + 1, "begin": last["end"], "end": end}
+  if not trained:
+    return None
+  end, span = max(trained)
+  return windows.TrainedWindow(span=span, end=end)
 
 
 def describe(request: Dict[str, Any]) -> str:

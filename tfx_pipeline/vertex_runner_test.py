@@ -22,6 +22,7 @@ from rlops import warehouse as warehouse_lib
 from rlops.config import Config, ConfigError, GcpConfig
 from tfx_pipeline import pipeline as pipeline_lib
 from tfx_pipeline import vertex_runner
+from tfx_pipeline import windows
 
 VERTEX_TYPE_NAME = re.compile(r"^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$")
 GCP = GcpConfig(project="rlops-test", region="europe-west4", bucket="gs://rlops-test-bucket",
@@ -29,8 +30,8 @@ GCP = GcpConfig(project="rlops-test", region="europe-west4", bucket="gs://rlops-
                 pipeline_image="europe-west4-docker.pkg.dev/rlops-test/rlops/pipeline:1",
                 serving_image="europe-west4-docker.pkg.dev/rlops-test/rlops/serving:1")
 CONFIG = Config(gcp=GCP)
-WINDOW = {"begin": 1_700_000_000.0, "end": 1_700_003_600.0}
 SPAN = 3
+WINDOW = windows.Window(span=SPAN, begin=1_700_000_000.0, end=1_700_003_600.0)
 RESOLVER_TASKS = {"latest_blessed_model_resolver-model-blessing-resolver",
                   "latest_blessed_model_resolver-model-resolver"}
 TASKS = {
@@ -134,16 +135,16 @@ def test_beam_runs_on_dataflow_with_the_pipeline_image_as_workers(compiled, mode
 def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   spec = compiled(mode)
   declared = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
-  values = vertex_runner.pipeline_parameters(WINDOW, SPAN, gcp=GCP, mode=mode)
+  values = vertex_runner.pipeline_parameters(WINDOW, gcp=GCP, mode=mode)
   assert set(declared) == set(values)
   ir_types = {str: "STRING", float: "DOUBLE"}
   for name, value in values.items():
     assert declared[name] == {"type": ir_types[type(value)]}  # No default: must be set.
-  bindings = {("Ingester", "input_config"): vertex_runner.INPUT_CONFIG,
-              ("Ingester", "range_config"): vertex_runner.RANGE_CONFIG,
-              ("Trainer", "window_end"): vertex_runner.WINDOW_END}
+  bindings = {("Ingester", "input_config"): windows.INPUT_CONFIG_PARAMETER,
+              ("Ingester", "range_config"): windows.RANGE_CONFIG_PARAMETER,
+              ("Trainer", "window_end"): windows.WINDOW_END_PARAMETER}
   if mode == pipeline_lib.STARTUP:
-    bindings[("Generator", "event_time")] = vertex_runner.EVENT_TIME
+    bindings[("Generator", "event_time")] = windows.EVENT_TIME_PARAMETER
   for (task, exec_property), parameter in bindings.items():
     assert _tasks(spec)[task]["inputs"]["parameters"][exec_property] == {
         "componentInputParameter": parameter}
@@ -156,8 +157,8 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
 
 
 def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
-  values = vertex_runner.pipeline_parameters(WINDOW, SPAN, gcp=GCP, mode=pipeline_lib.STARTUP)
-  query = warehouse_lib.training_query(WINDOW["begin"], WINDOW["end"],
+  values = vertex_runner.pipeline_parameters(WINDOW, gcp=GCP, mode=pipeline_lib.STARTUP)
+  query = warehouse_lib.training_query(WINDOW.begin, WINDOW.end,
                                        table_prefix="`rlops-test.rlops_logs`.")
   assert "FROM `rlops-test.rlops_logs`.predictions AS p" in query
   input_config = json_format.Parse(values["input_config"], example_gen_pb2.Input())
@@ -165,24 +166,28 @@ def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
   range_config = json_format.Parse(values["range_config"], range_config_pb2.RangeConfig())
   assert range_config == range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
       start_span_number=SPAN, end_span_number=SPAN))
-  assert values["window_end"] == WINDOW["end"]
+  assert values["window_end"] == WINDOW.end
   # The Generator's records fall inside the window the same run reads.
-  assert WINDOW["begin"] <= values["event_time"] < WINDOW["end"]
-  assert "event_time" not in vertex_runner.pipeline_parameters(WINDOW, SPAN, gcp=GCP,
+  assert WINDOW.begin <= values["event_time"] < WINDOW.end
+  assert "event_time" not in vertex_runner.pipeline_parameters(WINDOW, gcp=GCP,
                                                                mode=pipeline_lib.RETRAIN)
 
 
-@pytest.mark.parametrize("window, span, mode", [
-    ({"begin": 10.0, "end": 10.0}, 1, pipeline_lib.RETRAIN),
-    ({"begin": 10.0, "end": float("inf")}, 1, pipeline_lib.RETRAIN),
-    ({"begin": 10.0, "end": 10.5}, 1, pipeline_lib.STARTUP),
-    (WINDOW, -1, pipeline_lib.RETRAIN),
-    (WINDOW, True, pipeline_lib.RETRAIN),
-    (WINDOW, 1, "nightly"),
-])
-def test_pipeline_parameters_reject_bad_windows(window, span, mode):
+@pytest.mark.parametrize("span, begin, end", [
+    (1, 10.0, 10.0), (1, 10.0, float("inf")), (-1, 10.0, 20.0), (True, 10.0, 20.0),
+    (1.5, 10.0, 20.0)])
+def test_bad_windows_are_refused(span, begin, end):
   with pytest.raises(ValueError):
-    vertex_runner.pipeline_parameters(window, span, gcp=GCP, mode=mode)
+    windows.Window(span=span, begin=begin, end=end)
+
+
+@pytest.mark.parametrize("window, mode", [
+    (windows.Window(span=1, begin=10.0, end=10.5), pipeline_lib.STARTUP),
+    (WINDOW, "nightly"),
+])
+def test_pipeline_parameters_reject_bad_windows(window, mode):
+  with pytest.raises(ValueError):
+    vertex_runner.pipeline_parameters(window, gcp=GCP, mode=mode)
 
 
 def test_ingester_splits_train_eval_4_to_1(compiled):
@@ -289,7 +294,8 @@ def test_submitters_need_no_tfx():
           "from rlops.config import GcpConfig\n"
           "from tfx_pipeline import vertex_runner\n"
           f"gcp = GcpConfig(**{vars(GCP)!r})\n"
-          f"values = vertex_runner.pipeline_parameters({WINDOW!r}, {SPAN}, gcp=gcp, mode='retrain')\n"
+          "from tfx_pipeline import windows\n"
+          f"values = vertex_runner.pipeline_parameters(windows.{WINDOW!r}, gcp=gcp, mode='retrain')\n"
           "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
           "('tfx', 'tensorflow', 'kfp'))))\n")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,18 +304,9 @@ def test_submitters_need_no_tfx():
   assert json.loads(result.stdout) == []
 
 
-def test_modes_and_parameter_names_agree_with_the_pipeline():
-  assert (vertex_runner.STARTUP, vertex_runner.RETRAIN) == (pipeline_lib.STARTUP,
-                                                            pipeline_lib.RETRAIN)
-  assert (vertex_runner.INPUT_CONFIG, vertex_runner.RANGE_CONFIG, vertex_runner.WINDOW_END,
-          vertex_runner.EVENT_TIME) == (
-              pipeline_lib.INPUT_CONFIG_PARAMETER, pipeline_lib.RANGE_CONFIG_PARAMETER,
-              pipeline_lib.WINDOW_END_PARAMETER, pipeline_lib.EVENT_TIME_PARAMETER)
-
-
 def test_local_variant_keeps_sqlite_query_and_filesystem_push(tmp_path):
   dsl = pipeline_lib.create_pipeline(
-      Config(), pipeline_lib.STARTUP, span=2, window_begin=100.0, window_end=200.0,
+      Config(), pipeline_lib.STARTUP, windows.Window(span=2, begin=100.0, end=200.0),
       pipeline_root=str(tmp_path / "root"), warehouse=str(tmp_path / "w.sqlite"),
       push_directory=str(tmp_path / "serving"))
   nodes = {node.id: node for node in dsl.components}
@@ -320,8 +317,9 @@ def test_local_variant_keeps_sqlite_query_and_filesystem_push(tmp_path):
   assert nodes["Generator"].exec_properties["event_time"] == 199.0
   assert type(nodes["Pusher"]) is tfx.components.Pusher  # pylint: disable=unidiomatic-typecheck
   with pytest.raises(ValueError, match="window"):
-    pipeline_lib.create_pipeline(CONFIG, pipeline_lib.RETRAIN, span=2, window_begin=100.0,
-                                 window_end=200.0, pipeline_root=GCP.pipeline_root,
+    pipeline_lib.create_pipeline(CONFIG, pipeline_lib.RETRAIN,
+                                 windows.Window(span=2, begin=100.0, end=200.0),
+                                 pipeline_root=GCP.pipeline_root,
                                  warehouse=GCP.warehouse, target=pipeline_lib.VERTEX)
 
 

@@ -2,7 +2,7 @@
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import absl.logging
 import numpy as np
@@ -14,25 +14,33 @@ from tfx.utils import io_utils
 from tfx.utils import path_utils
 
 from custom_components import examples_io
+from custom_components import keys
+from custom_components.evaluator import evaluation as evaluation_io
 from rlops import model_io
 from rlops import off_policy
 from rlops import simulation
-from rlops.config import Config
-
-EVALUATION_FILE = "evaluation.json"
+from rlops.config import DataConfig, EnvironmentConfig, section_from_json
 
 
 def _policy_report(probabilities: np.ndarray, every_user: np.ndarray,
                    records: Dict[str, np.ndarray], model: simulation.MovieLensModel,
-                   config: Config) -> Dict[str, Any]:
+                   bootstrap_samples: int, seed: int) -> Dict[str, Any]:
   """Off-policy estimates on the logged records and the true value over all simulated users."""
   report = off_policy.estimate_policy_value(
       probabilities, records["observation"], records["action"], records["propensity"],
-      records["reward"], num_actions=config.environment.num_movies,
-      bootstrap_samples=config.pipeline.bootstrap_samples, seed=config.environment.seed)
+      records["reward"], num_actions=model.num_movies, bootstrap_samples=bootstrap_samples,
+      seed=seed)
   report["oracle"] = {"value": off_policy.policy_value(every_user, model.approx_ratings)}
   report["oracle_regret"] = float(model.optimal_rewards.mean()) - report["oracle"]["value"]
   return report
+
+
+def _probabilities(model: types.Artifact, records: Dict[str, np.ndarray],
+                   simulated: simulation.MovieLensModel) -> Tuple[np.ndarray, np.ndarray]:
+  """The serving policy's exact probabilities on the logged contexts and on every user."""
+  policy = model_io.load_serving_policy(path_utils.serving_model_path(model.uri))
+  return (model_io.probabilities(policy, records["observation"]),
+          model_io.probabilities(policy, simulated.user_vectors))
 
 
 def _logging_policy_report(records: Dict[str, np.ndarray], model: simulation.MovieLensModel) -> Dict[str, Any]:
@@ -75,7 +83,7 @@ class Verdict:
 
 
 def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], differences: Dict[str, Any],
-         metrics, tolerance: float) -> Tuple[bool, List[Verdict]]:
+         metrics: Sequence[str], tolerance: float) -> Tuple[bool, List[Verdict]]:
   """(blessed, verdicts): blessed unless, on some metric, the candidate is worse beyond doubt.
 
   Args:
@@ -100,14 +108,6 @@ def gate(candidate: Dict[str, Any], baseline: Dict[str, Any], differences: Dict[
   return all(verdict.passed for verdict in verdicts), verdicts
 
 
-def _probabilities(model: types.Artifact, records: Dict[str, np.ndarray],
-                   simulated: simulation.MovieLensModel) -> Tuple[np.ndarray, np.ndarray]:
-  """The serving policy's exact probabilities on the logged contexts and on every user."""
-  policy = model_io.load_serving_policy(path_utils.serving_model_path(model.uri))
-  return (model_io.probabilities(policy, records["observation"]),
-          model_io.probabilities(policy, simulated.user_vectors))
-
-
 class Executor(evaluator_executor.Executor):
   """Evaluates the candidate and its baseline on the eval split and writes the blessing.
 
@@ -119,45 +119,50 @@ class Executor(evaluator_executor.Executor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    config = Config.from_json(exec_properties["config"])
-    examples = artifact_utils.get_single_instance(input_dict["examples"])
-    records = examples_io.read_split(examples, "eval", config.environment.rank_k)
-    simulated = simulation.MovieLensModel.from_config(config)
-    candidate = artifact_utils.get_single_instance(input_dict["model"])
-    baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
+    data = section_from_json(DataConfig, exec_properties[keys.DATA_KEY])
+    environment = section_from_json(EnvironmentConfig, exec_properties[keys.ENVIRONMENT_KEY])
+    bootstrap_samples = int(exec_properties[keys.BOOTSTRAP_SAMPLES_KEY])
+    seed = int(exec_properties[keys.SEED_KEY])
+    examples = artifact_utils.get_single_instance(input_dict[keys.EXAMPLES_KEY])
+    records = examples_io.read_split(examples, "eval", environment.rank_k)
+    simulated = simulation.MovieLensModel.from_sections(data, environment)
+    candidate = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+    baseline: Optional[types.Artifact] = (input_dict.get(keys.BASELINE_MODEL_KEY) or [None])[0]
 
     candidate_probabilities = _probabilities(candidate, records, simulated)
-    candidate_report = _policy_report(*candidate_probabilities, records, simulated, config)
+    candidate_report = _policy_report(*candidate_probabilities, records, simulated,
+                                      bootstrap_samples, seed)
     if baseline is not None:
       baseline_probabilities = _probabilities(baseline, records, simulated)
-      baseline_report = _policy_report(*baseline_probabilities, records, simulated, config)
+      baseline_report = _policy_report(*baseline_probabilities, records, simulated,
+                                       bootstrap_samples, seed)
       baseline_name = f"blessed model {baseline.id}"
     else:
       baseline_probabilities = (None, None)
       baseline_report = _logging_policy_report(records, simulated)
       baseline_name = "logging policy"
+    # Candidate and baseline are compared on the same records of the newest window.
     differences = off_policy.estimate_difference(
         candidate_probabilities[0], baseline_probabilities[0], records["observation"],
         records["action"], records["propensity"], records["reward"],
-        num_actions=config.environment.num_movies,
-        bootstrap_samples=config.pipeline.bootstrap_samples, seed=config.environment.seed)
+        num_actions=simulated.num_movies, bootstrap_samples=bootstrap_samples, seed=seed)
     blessed, verdicts = gate(candidate_report, baseline_report, differences,
-                             config.pipeline.gate_metrics, config.pipeline.gate_tolerance)
+                             json.loads(exec_properties[keys.GATE_METRICS_KEY]),
+                             float(exec_properties[keys.GATE_TOLERANCE_KEY]))
     reasons = [verdict.message() for verdict in verdicts]
 
-    evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+    evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
     result = {"candidate": candidate_report, "baseline": baseline_report,
               "baseline_name": baseline_name, "blessed": blessed, "reasons": reasons,
               "differences": differences,
               "verdicts": [dataclasses.asdict(verdict) for verdict in verdicts],
               "span": examples_io.span_of(examples), "eval_records": int(len(records["reward"]))}
-    io_utils.write_string_file(os.path.join(evaluation.uri, EVALUATION_FILE),
-                               json.dumps(result, indent=2, sort_keys=True))
+    evaluation_io.write(evaluation.uri, result)
     evaluation.set_int_custom_property("blessed", int(blessed))
     for metric in ("dr", "snips", "ips", "oracle"):
       evaluation.set_float_custom_property(f"candidate_{metric}", candidate_report[metric]["value"])
 
-    blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+    blessing = artifact_utils.get_single_instance(output_dict[keys.BLESSING_KEY])
     io_utils.write_string_file(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME
                                             if blessed else constants.NOT_BLESSED_FILE_NAME), "")
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,

@@ -1,16 +1,19 @@
 """Tests of the Evaluator executor: estimates, the gate, and the blessing TFX reads."""
-import json
 import os
 
 import numpy as np
 import pytest
 from tfx.components.evaluator import constants
+from tfx.types import channel
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from custom_components import keys
 from custom_components import testing_utils
 from custom_components.artifacts import PolicyEvaluation
+from custom_components.evaluator import evaluation as evaluation_io
 from custom_components.evaluator import executor
+from custom_components.evaluator.component import Evaluator
 from rlops import model_io, off_policy, simulation, training
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, PipelineConfig
 
@@ -31,11 +34,18 @@ def _evaluate(tmp_path, candidate, baseline, eval_records):
   examples = testing_utils.write_examples(str(tmp_path / "examples"), {"eval": eval_records})
   evaluation, blessing = PolicyEvaluation(), standard_artifacts.ModelBlessing()
   evaluation.uri, blessing.uri = str(tmp_path / "evaluation"), str(tmp_path / "blessing")
+  component = Evaluator(
+      examples=channel.Channel(type=standard_artifacts.Examples),
+      model=channel.Channel(type=standard_artifacts.Model), data=CONFIG.data,
+      environment=CONFIG.environment, gate_metrics=CONFIG.pipeline.gate_metrics,
+      gate_tolerance=CONFIG.pipeline.gate_tolerance,
+      bootstrap_samples=CONFIG.pipeline.bootstrap_samples, seed=CONFIG.environment.seed)
   executor.Executor().Do(
-      {"examples": [examples], "model": [candidate], "baseline_model": [baseline] if baseline else []},
-      {"evaluation": [evaluation], "blessing": [blessing]}, {"config": CONFIG.to_json()})
-  with open(os.path.join(evaluation.uri, executor.EVALUATION_FILE)) as f:
-    return json.load(f), blessing
+      {keys.EXAMPLES_KEY: [examples], keys.MODEL_KEY: [candidate],
+       keys.BASELINE_MODEL_KEY: [baseline] if baseline else []},
+      {keys.EVALUATION_KEY: [evaluation], keys.BLESSING_KEY: [blessing]},
+      component.exec_properties)
+  return evaluation_io.read(evaluation.uri), blessing
 
 
 def test_a_worse_candidate_is_not_blessed(tmp_path):

@@ -7,9 +7,11 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from rlops import warehouse as warehouse_lib
+from custom_components import keys
+from rlops import records
 from rlops import simulation
-from rlops.config import Config
+from rlops import warehouse as warehouse_lib
+from rlops.config import DataConfig, EnvironmentConfig, section_from_json
 
 LOGGING_POLICY = "uniform-random"
 CHUNK_SIZE = 2000
@@ -22,22 +24,22 @@ def request_id(prefix: str, index: int) -> str:
 class _SimulateChunk(beam.DoFn):
   """Turns an index range into prediction and feedback rows of the uniform-random policy."""
 
-  def __init__(self, config_json: str, event_time: float, prefix: str):
-    self._config_json = config_json
+  def __init__(self, data: DataConfig, environment: EnvironmentConfig, event_time: float,
+               prefix: str):
+    self._data = data
+    self._environment = environment
     self._event_time = event_time
     self._prefix = prefix
     self._model = None
-    self._seed = None
 
   def setup(self):
-    config = Config.from_json(self._config_json)
-    self._model = simulation.MovieLensModel.from_config(config)
-    self._seed = config.environment.seed
+    self._model = simulation.MovieLensModel.from_sections(self._data, self._environment)
 
-  def process(self, index_range: Tuple[int, int]) -> Iterator[Tuple[List[dict], List[dict]]]:
+  def process(self, index_range: Tuple[int, int]
+              ) -> Iterator[Tuple[List[records.Prediction], List[records.Feedback]]]:
     start, end = index_range
     # One generator per chunk, keyed by its start: the same records whatever the worker.
-    rng = np.random.default_rng([self._seed, int(self._event_time), start])
+    rng = np.random.default_rng([self._environment.seed, int(self._event_time), start])
     model = self._model
     users = rng.integers(0, model.num_users, size=end - start)
     actions = rng.integers(0, model.num_movies, size=end - start)
@@ -45,11 +47,11 @@ class _SimulateChunk(beam.DoFn):
     rewards = model.reward(users, actions)
     propensity = 1.0 / model.num_movies
     ids = [request_id(self._prefix, index) for index in range(start, end)]
-    predictions = [{
-        "request_id": rid, "event_time": self._event_time, "observation": observation.tolist(),
-        "action": int(action), "propensity": propensity, "model_version": LOGGING_POLICY,
-        "source": "generator"} for rid, observation, action in zip(ids, observations, actions)]
-    feedback = [{"request_id": rid, "event_time": self._event_time, "reward": float(reward)}
+    predictions = [records.Prediction(
+        request_id=rid, event_time=self._event_time, observation=observation, action=int(action),
+        propensity=propensity, model_version=LOGGING_POLICY, source="generator")
+                   for rid, observation, action in zip(ids, observations, actions)]
+    feedback = [records.Feedback(request_id=rid, event_time=self._event_time, reward=float(reward))
                 for rid, reward in zip(ids, rewards)]
     yield predictions, feedback
 
@@ -67,7 +69,8 @@ class _WriteToWarehouse(beam.DoFn):
   def setup(self):
     self._warehouse = warehouse_lib.open_warehouse(self._uri)
 
-  def process(self, chunk: Tuple[List[dict], List[dict]]) -> Iterator[int]:
+  def process(self, chunk: Tuple[List[records.Prediction], List[records.Feedback]]
+              ) -> Iterator[int]:
     predictions, feedback = chunk
     self._warehouse.insert_predictions(predictions)
     self._warehouse.insert_feedback(feedback)
@@ -79,23 +82,24 @@ class _WriteToWarehouse(beam.DoFn):
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
-  """Logs `config.pipeline.samples` uniform-random interactions to the warehouse."""
+  """Logs `samples` uniform-random interactions to the warehouse."""
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    config = Config.from_json(exec_properties["config"])
-    event_time = float(exec_properties["event_time"])
-    uri = exec_properties["warehouse"]
+    data = section_from_json(DataConfig, exec_properties[keys.DATA_KEY])
+    environment = section_from_json(EnvironmentConfig, exec_properties[keys.ENVIRONMENT_KEY])
+    event_time = float(exec_properties[keys.EVENT_TIME_KEY])
+    uri = exec_properties[keys.WAREHOUSE_KEY]
     prefix = f"gen-{int(event_time)}"
-    samples = config.pipeline.samples
+    samples = int(exec_properties[keys.SAMPLES_KEY])
     ranges = [(start, min(start + CHUNK_SIZE, samples)) for start in range(0, samples, CHUNK_SIZE)]
     with self._make_beam_pipeline() as pipeline:
       _ = (pipeline
            | "IndexRanges" >> beam.Create(ranges)
-           | "Simulate" >> beam.ParDo(_SimulateChunk(exec_properties["config"], event_time, prefix))
+           | "Simulate" >> beam.ParDo(_SimulateChunk(data, environment, event_time, prefix))
            | "Write" >> beam.ParDo(_WriteToWarehouse(uri)))
-    interactions = artifact_utils.get_single_instance(output_dict["interactions"])
+    interactions = artifact_utils.get_single_instance(output_dict[keys.INTERACTIONS_KEY])
     interactions.set_int_custom_property("record_count", samples)
     interactions.set_float_custom_property("event_time", event_time)
     interactions.set_string_custom_property("warehouse", uri)

@@ -1,8 +1,10 @@
 """Tests of the Generator executor with Beam's DirectRunner, on SQLite and on (fake) BigQuery."""
 import numpy as np
 
+from custom_components import keys
 from custom_components.artifacts import Interactions
 from custom_components.generator import executor
+from custom_components.generator.component import Generator
 from rlops import bigquery
 from rlops import bigquery_test
 from rlops import simulation
@@ -11,14 +13,19 @@ from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 
 
+def _generate(config, interactions, warehouse):
+  component = Generator(data=config.data, environment=config.environment,
+                        samples=config.pipeline.samples, event_time=1000.0, warehouse=warehouse)
+  executor.Executor().Do({}, {keys.INTERACTIONS_KEY: [interactions]}, component.exec_properties)
+
+
 def test_logs_every_record_once_with_the_reward_of_its_own_user(tmp_path):
   config = Config(data=DataConfig(seed=2), environment=EnvironmentConfig(num_movies=10, rank_k=4),
                   pipeline=PipelineConfig(samples=executor.CHUNK_SIZE + 500))
   path = str(tmp_path / "warehouse.sqlite")
   interactions = Interactions()
   interactions.uri = str(tmp_path / "interactions")
-  executor.Executor().Do({}, {"interactions": [interactions]},
-                         {"config": config.to_json(), "event_time": 1000.0, "warehouse": path})
+  _generate(config, interactions, path)
 
   records = warehouse_lib.Warehouse(path).rewarded_records()
   samples = config.pipeline.samples
@@ -44,9 +51,7 @@ def test_writes_every_record_exactly_once_to_bigquery_by_merge(tmp_path, monkeyp
                   pipeline=PipelineConfig(samples=2 * executor.CHUNK_SIZE + 300))
   interactions = Interactions()
   interactions.uri = str(tmp_path / "interactions")
-  executor.Executor().Do({}, {"interactions": [interactions]},
-                         {"config": config.to_json(), "event_time": 1000.0,
-                          "warehouse": bigquery_test.URI})
+  _generate(config, interactions, bigquery_test.URI)
 
   assert projects and set(projects) == {bigquery_test.PROJECT}
   # Each worker's setup makes sure the tables exist; the first creates them.

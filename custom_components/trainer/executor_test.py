@@ -2,23 +2,28 @@
 import os
 
 import numpy as np
+from tfx.types import channel
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from custom_components import keys
 from custom_components import testing_utils
 from custom_components.trainer import executor
+from custom_components.trainer.component import Trainer
 from rlops import model_io, testing
-from rlops.config import Config, EnvironmentConfig
+from rlops.config import AgentConfig, EnvironmentConfig
 
 
 def _train(tmp_path, name, records, base_model=None):
-  config = Config(environment=EnvironmentConfig(num_movies=10, rank_k=4))
+  component = Trainer(examples=channel.Channel(type=standard_artifacts.Examples),
+                      agent=AgentConfig(), environment=EnvironmentConfig(num_movies=10, rank_k=4),
+                      train_batch_size=4096, epochs=1, warm_start=True, window_end=123.0)
   examples = testing_utils.write_examples(str(tmp_path / f"examples-{name}"), {"train": records}, span=3)
   model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
   model.uri, model_run.uri = str(tmp_path / f"model-{name}"), str(tmp_path / f"run-{name}")
-  inputs = {"examples": [examples], "base_model": [base_model] if base_model else []}
-  executor.Executor().Do(inputs, {"model": [model], "model_run": [model_run]},
-                         {"config": config.to_json(), "window_end": 123.0})
+  inputs = {keys.EXAMPLES_KEY: [examples], keys.BASE_MODEL_KEY: [base_model] if base_model else []}
+  executor.Executor().Do(inputs, {keys.MODEL_KEY: [model], keys.MODEL_RUN_KEY: [model_run]},
+                         component.exec_properties)
   return model, model_run
 
 

@@ -17,6 +17,7 @@ import functions_framework
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config
 from tfx_pipeline import vertex_runner
+from tfx_pipeline import windows
 
 LOCK_FILE = "retrain.lock"
 # Fewest new records on which a drop of the served reward starts a retraining early.
@@ -39,44 +40,51 @@ def _exclusive(workdir: str) -> Iterator[bool]:
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def new_rewarded_records(config: Config) -> Dict[str, Any]:
-  """Rewarded records in the window the next retraining would read."""
-  # TFX is needed only by the local path: the deployed function runs without it.
-  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
-  paths = local_runner.LocalPaths(config.workdir)
-  window = local_runner.next_window(metadata.connect(paths.metadata))
-  store = warehouse_lib.Warehouse(paths.warehouse)
-  try:
-    return {**window, "count": store.count_rewarded(window["begin"], window["end"])}
-  finally:
-    store.close()
+def _waiting(window: Optional[windows.Window], count: int, threshold: int) -> Dict[str, Any]:
+  """The outcome when the window holds fewer than `threshold` records: nothing started."""
+  if window is None:
+    return {"started": False, "new_records": 0,
+            "reason": "no whole second has passed since the last trained window"}
+  return {"started": False, "new_records": count, "window": window.to_dict(),
+          "reason": f"{count} new rewarded records in {window}, fewer than {threshold}"}
 
 
-def maybe_retrain(config: Config, threshold: int) -> Dict[str, Any]:
-  """Runs the retraining pipeline if `threshold` new rewarded records are waiting."""
+def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -> Dict[str, Any]:
+  """Locally: counts the rewarded records of the next window (ending at the last whole
+  second before `now`) and, with `threshold` or more, retrains on exactly that window."""
   if threshold < 1:
     raise ValueError(f"threshold must be positive, got {threshold}")
+  # TFX is needed only by the local path: the deployed function runs without it.
+  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
   with _exclusive(config.workdir) as acquired:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
-    waiting = new_rewarded_records(config)
-    reason = f"{waiting['count']} new rewarded records, at least {threshold}"
-    if waiting["count"] < threshold:
-      shortfall = served_reward_shortfall(config, waiting)
-      if shortfall is None or shortfall <= config.pipeline.drift_shortfall:
-        return {"started": False, "new_records": waiting["count"],
-                "reason": f"{waiting['count']} new rewarded records, fewer than {threshold}"}
-      reason = (f"early: served reward {shortfall:.3f} below the serving model's prediction "
-                f"on {waiting['count']} new records")
-    from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-    result = local_runner.run(config, "retrain")
-    return {"started": True, "new_records": waiting["count"], "reason": reason, "result": result}
+    paths = local_runner.LocalPaths(config.workdir)
+    window = local_runner.next_window(metadata.connect(paths.metadata), now)
+    count, shortfall = 0, None
+    if window is not None:
+      store = warehouse_lib.Warehouse(paths.warehouse)
+      try:
+        count = store.count_rewarded(window.begin, window.end)
+        if count < threshold:
+          shortfall = served_reward_shortfall(config, store, window, count)
+      finally:
+        store.close()
+    if window is None or (count < threshold and shortfall is None):
+      return _waiting(window, count, threshold)
+    reason = (f"{count} new rewarded records, at least {threshold}" if shortfall is None else
+              f"early: served reward {shortfall:.3f} below the serving model's prediction "
+              f"on {count} new records")
+    return {"started": True, "new_records": count, "window": window.to_dict(), "reason": reason,
+            "result": windows.submit_retraining(config, window)}
 
 
-def served_reward_shortfall(config: Config, waiting: Dict[str, Any]) -> Optional[float]:
-  """How far the new records' reward falls below the newest pushed model's prediction;
-  None when the check is off, no model is pushed, or fewer than DRIFT_MIN_RECORDS wait."""
-  if config.pipeline.drift_shortfall is None or waiting["count"] < DRIFT_MIN_RECORDS:
+def served_reward_shortfall(config: Config, store: warehouse_lib.Warehouse,
+                            window: windows.Window, count: int) -> Optional[float]:
+  """How far the window's served reward falls below the newest pushed model's prediction,
+  when by more than `config.agent.drift_shortfall` on at least DRIFT_MIN_RECORDS records;
+  else None."""
+  if config.agent.drift_shortfall is None or count < DRIFT_MIN_RECORDS:
     return None
   from rlops import model_io  # pylint: disable=import-outside-toplevel
   from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
@@ -85,36 +93,36 @@ def served_reward_shortfall(config: Config, waiting: Dict[str, Any]) -> Optional
     directory = os.path.join(serving, model_io.latest_version(serving))
   except FileNotFoundError:
     return None
-  store = warehouse_lib.Warehouse(local_runner.LocalPaths(config.workdir).warehouse)
-  try:
-    records = store.rewarded_records(waiting["begin"], waiting["end"])
-  finally:
-    store.close()
+  records = store.rewarded_records(window.begin, window.end)
   agent, _ = model_io.load_agent(directory)
-  return model_io.reward_shortfall(agent, records["observation"], records["action"],
-                                   records["reward"])
+  shortfall = model_io.reward_shortfall(agent, records["observation"], records["action"],
+                                        records["reward"])
+  return shortfall if shortfall > config.agent.drift_shortfall else None
 
 
 def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
-                            aiplatform=None, bigquery_client=None) -> Dict[str, Any]:
-  """Production: submits the compiled retraining pipeline if `threshold` new rewarded
-  records are in BigQuery and no retraining is queued or running."""
+                            aiplatform=None, bigquery_client=None,
+                            now: Optional[float] = None) -> Dict[str, Any]:
+  """Production: counts the next window's rewarded records in BigQuery and, with
+  `threshold` or more and no retraining queued or running, submits the compiled
+  retraining pipeline on exactly that window."""
   gcp = config.gcp
-  running = vertex_runner.running_jobs(gcp, config.pipeline.name, "retrain", aiplatform)
+  running = vertex_runner.running_jobs(gcp, config.pipeline.name, windows.RETRAIN, aiplatform)
   if running:
     return {"started": False, "reason": f"a retraining run is in progress: {running[0]}"}
-  window = vertex_runner.next_window(gcp, aiplatform)
-  if bigquery_client is None:
-    from google.cloud import bigquery  # pylint: disable=import-outside-toplevel
-    bigquery_client = bigquery.Client(project=gcp.project)
-  sql = warehouse_lib.count_query(window["begin"], window["end"], gcp.table_prefix)
-  count = next(iter(bigquery_client.query(sql).result()))["records"]
-  if count < threshold:
-    return {"started": False, "new_records": count,
-            "reason": f"{count} new rewarded records, fewer than {threshold}"}
-  request = vertex_runner.job_request(gcp, config.pipeline.name, template_path, "retrain",
-                                      window, window["span"])
-  return {"started": True, "new_records": count, "job": vertex_runner.submit(request, aiplatform)}
+  window = windows.next_window(vertex_runner.last_trained_window(gcp, aiplatform), now)
+  count = 0
+  if window is not None:
+    if bigquery_client is None:
+      from google.cloud import bigquery  # pylint: disable=import-outside-toplevel
+      bigquery_client = bigquery.Client(project=gcp.project)
+    sql = warehouse_lib.count_query(window.begin, window.end, gcp.table_prefix)
+    count = next(iter(bigquery_client.query(sql).result()))["records"]
+  if window is None or count < threshold:
+    return _waiting(window, count, threshold)
+  return {"started": True, "new_records": count, "window": window.to_dict(),
+          **windows.submit_retraining(config, window, template_path=template_path,
+                                      aiplatform=aiplatform)}
 
 
 @functions_framework.cloud_event

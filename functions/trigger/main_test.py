@@ -31,7 +31,8 @@ def test_fires_only_past_its_threshold_and_never_twice_at_once(tmp_path):
 
   _serve_traffic(config, 1500)
   outcome = trigger.maybe_retrain(config, threshold=1501)
-  assert not outcome["started"] and "1500 new rewarded records, fewer than 1501" in outcome["reason"]
+  assert not outcome["started"] and outcome["new_records"] == 1500
+  assert "fewer than 1501" in outcome["reason"]
 
   with trigger._exclusive(config.workdir) as held:  # pylint: disable=protected-access
     assert held
@@ -49,6 +50,30 @@ def test_fires_only_past_its_threshold_and_never_twice_at_once(tmp_path):
   for thread in threads:
     thread.join(timeout=300)
   assert sorted(o["started"] for o in outcomes) == [False, True]
+
+
+def test_trains_exactly_the_window_it_counted(tmp_path):
+  config = Config(data=DataConfig(seed=4), environment=EnvironmentConfig(num_movies=10, rank_k=5),
+                  pipeline=PipelineConfig(samples=1000, bootstrap_samples=20),
+                  workdir=str(tmp_path / "work"))
+  local_runner.run(config, "startup")
+  time.sleep(1.1)
+  counted_at = float(int(time.time()))
+  paths = local_runner.LocalPaths(config.workdir)
+  store = warehouse_lib.Warehouse(paths.warehouse)
+  model = simulation.MovieLensModel.from_config(config)
+  testing.log_policy_traffic(model, paths.serving, store, 300, seed=1, event_time=counted_at - 0.5)
+  # Logged after the count's end: a run that recomputed its window later would train on them.
+  testing.log_policy_traffic(model, paths.serving, store, 200, seed=2, event_time=counted_at + 0.5)
+  store.close()
+  time.sleep(max(0.0, counted_at + 1.2 - time.time()))
+
+  outcome = trigger.maybe_retrain(config, threshold=300, now=counted_at)
+  assert outcome["started"] and outcome["new_records"] == 300
+  assert outcome["window"]["end"] == counted_at
+  result = outcome["result"]
+  assert result["trained"] and result["window"] == outcome["window"]
+  assert result["samples"] + result["evaluation"]["eval_records"] == 300
 
 
 class _SqliteBigQuery:
