@@ -205,6 +205,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
   return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+  """Ranks learning settings offline on the warehouse's logged records."""
+  config = config_from_args(args)
+  from rlops import offline_evaluation  # pylint: disable=import-outside-toplevel
+  settings = [offline_evaluation.parse_setting(text, config.agent)
+              for text in (args.setting or [""])]
+  from rlops import plots, warehouse  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  store = warehouse.Warehouse(local_runner.LocalPaths(config.workdir).warehouse)
+  try:
+    records = store.rewarded_records()
+  finally:
+    store.close()
+  rows = offline_evaluation.compare(
+      records, settings, config.environment.num_movies, config.environment.rank_k,
+      newer_share=args.newer_share, bootstrap_samples=config.pipeline.bootstrap_samples,
+      seed=config.environment.seed, progress=True)
+  labels = [offline_evaluation.describe(row["setting"], config.agent) for row in rows]
+  print(f"\ntrained on the older {rows[0]['train_records']} records, estimated on the newer "
+        f"{rows[0]['eval_records']}; versus logging: paired difference with its 95% interval")
+  print(f"{'rank':>4}  {'DR':>7} {'interval':>17}  {'SNIPS':>7}  {'versus logging':>26}  setting")
+  for rank, (row, label) in enumerate(zip(rows, labels), 1):
+    dr, versus = row["estimates"]["dr"], row["versus_logging"]["dr"]
+    print(f"{rank:>4}  {dr['value']:>7.4f} [{dr['low']:>7.4f}, {dr['high']:>7.4f}]  "
+          f"{row['estimates']['snips']['value']:>7.4f}  {versus['value']:>+8.4f} "
+          f"[{versus['low']:>+7.4f}, {versus['high']:>+7.4f}]  {label}")
+  os.makedirs(config.workdir, exist_ok=True)
+  plot = plots.offline_comparison(rows, labels, os.path.join(config.workdir, "evaluate.png"))
+  with open(os.path.join(config.workdir, "evaluate_report.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  print(f"report: {config.workdir}/evaluate_report.json, plot: {plot}")
+  if args.write_config:
+    from rlops import model_io  # pylint: disable=import-outside-toplevel
+    best = model_io.agent_config_of({"agent": rows[0]["setting"]})
+    with open(args.write_config, "w") as f:
+      f.write(config.replace(agent=best).to_json())
+    print(f"best setting written as the configuration: {args.write_config}")
+  return 0
+
+
 def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
@@ -369,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="round from which the users' preferences shift (default: no drift)")
   # A cold start: round 1 serves a weak model, and the rounds show the loop improving it.
   demo.set_defaults(handler=_cmd_demo, samples=COLD_START_SAMPLES)
+
+  evaluate = commands.add_parser(
+      "evaluate", help="rank learning settings offline on the warehouse's logged records")
+  _add_config_arguments(evaluate)
+  evaluate.add_argument("--setting", action="append", default=None,
+                        help="a candidate as AgentConfig fields over the options above, e.g. "
+                             "name=lints,alpha=0.5 or exploration=inverse_gap,gamma_scale=50; "
+                             "repeat for more (default: the options alone)")
+  evaluate.add_argument("--newer-share", type=float, default=0.3,
+                        help="share of the newest records the settings are estimated on "
+                             "(default: %(default)s)")
+  evaluate.add_argument("--write-config", default=None,
+                        help="write the best setting's configuration (Config JSON) here")
+  evaluate.set_defaults(handler=_cmd_evaluate)
 
   serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
   _add_config_arguments(serve)

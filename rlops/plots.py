@@ -90,6 +90,20 @@ def learning_rounds(rows, references: Dict[str, Dict[str, list]], path) -> str:
   return path
 
 
+def offline_comparison(rows, labels, path) -> str:
+  """DR estimate of each setting with its bootstrap interval, best first."""
+  figure, axis = plt.subplots(figsize=(8, 0.5 * len(rows) + 2))
+  values = [row["estimates"]["dr"]["value"] for row in rows]
+  errors = [[value - row["estimates"]["dr"]["low"] for value, row in zip(values, rows)],
+            [row["estimates"]["dr"]["high"] - value for value, row in zip(values, rows)]]
+  positions = np.arange(len(rows))[::-1]
+  axis.errorbar(values, positions, xerr=errors, fmt="o", capsize=4, label="DR, 95% interval")
+  axis.set_yticks(positions)
+  axis.set_yticklabels(labels, fontsize=8)
+  axis.set_xlabel("estimated value on the newer records (reward)")
+  return _save(figure, axis, "learning settings, offline", path)
+
+
 def _save(figure, axis, title: str, path):
   axis.set_title(title)
   axis.grid(alpha=0.3)
