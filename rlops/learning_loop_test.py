@@ -1,4 +1,4 @@
-"""Tests of the in-process learning loop: it learns, drift hurts, references are on the same users."""
+"""Tests of the in-process learning loop: it learns, drift hurts and shows, counts forget."""
 import numpy as np
 
 from rlops import learning_loop, model_io, testing

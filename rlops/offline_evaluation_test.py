@@ -22,7 +22,7 @@ def test_settings_parse_over_the_base_and_are_validated():
                                 hidden_units=(8, 4))
   assert offline_evaluation.describe(
       {**vars(setting), "hidden_units": [8, 4]}, AgentConfig()) == (
-          "name=lints,alpha=0.5,exploration=inverse_gap,hidden_units=8x4")
+          "name=lints,alpha=0.5,hidden_units=8x4,exploration=inverse_gap")
   for bad in ("colour=red", "alpha", "forgetting=2"):
     with pytest.raises(ConfigError):
       offline_evaluation.parse_setting(bad, AgentConfig())
