@@ -62,7 +62,8 @@ def main() -> None:
   parser.add_argument("--drift-at-round", type=int, default=4)
   parser.add_argument("--gamma-scale", type=float, default=20.0)
   parser.add_argument("--movies", default="20,100", help="settings, comma-separated")
-  parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
+  parser.add_argument("--output-dir", type=pathlib.Path,
+                      default=pathlib.Path(__file__).resolve().parent / "results")
   args = parser.parse_args()
   ratings = (movielens.load_ratings(args.data) if args.data
              else movielens.generate_ratings(args.seed))

@@ -158,14 +158,6 @@ class ExactExplorationPolicy(tf_policy.TFPolicy):
     self._trained_records = float(trained_records)
     super().__init__(agent.time_step_spec, spec, emit_log_probability=True, name=name)
 
-  @property
-  def rule(self) -> AgentConfig:
-    return self._rule
-
-  @property
-  def trained_records(self) -> float:
-    return self._trained_records
-
   def _variables(self):
     return self._agent.policy.variables()
 
