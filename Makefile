@@ -24,6 +24,7 @@ bench: setup
 	$(PY) bench/policy_quality.py
 	$(PY) bench/pipeline_cost.py
 	$(PY) bench/serving.py
+	$(PY) bench/learning_loop.py
 
 lock: setup
 	for v in 3.9 3.10; do \

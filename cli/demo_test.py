@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from cli import main as cli
 from rlops import simulation, testing, workdirs
@@ -16,8 +17,12 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
                    "--threshold", "500"]) == 0
   output = capsys.readouterr().out
   assert "retraining after the round" in output and (workdir / "demo_rounds.png").exists()
+  assert (workdir / "demo_learning.png").exists()
   report = json.loads((workdir / "demo_report.json").read_text())
   first, second = report["rounds"]
+  assert second["cumulative_regret"] == pytest.approx(
+      first["regret"] * 600 + second["regret"] * 600, rel=1e-6)
+  assert set(report["references"]) == {"uniform random", "online LinUCB (TF-Agents)"}
   assert first["errors"] == second["errors"] == 0
   assert first["retraining"].startswith("blessed, pushed ")
   retrained_version = first["retraining"].split()[-1]

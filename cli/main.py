@@ -15,6 +15,9 @@ from cli.options import WorkdirError, config_from_args
 from rlops import movielens, workdirs
 from rlops.config import Config, ConfigError
 
+# Startup samples of the demo: few, so that the loop visibly learns from its own logs.
+COLD_START_SAMPLES = 300
+
 
 def _quiet_known_noise() -> None:
   """Silences what the libraries print that is no news to a user, where it is made:
@@ -63,14 +66,15 @@ def _train(config: Config, samples: int) -> dict:
   everyone = np.arange(model.num_users)
   report = {
       "agent": config.agent.name,
+      "exploration": config.agent.exploration,
       "num_movies": model.num_movies,
       "rank_k": model.rank_k,
       "users": model.num_users,
       "reconstruction_rmse": model.reconstruction_rmse,
       "online": curve.summary(),
       "greedy": training.evaluate_policy(agents.greedy_policy(agent), model, everyone),
-      "serving": training.evaluate_policy(agents.serving_policy(agent, config.agent.epsilon),
-                                          model, everyone),
+      "serving": training.evaluate_policy(
+          agents.serving_policy(agent, config.agent, curve.regret.size), model, everyone),
   }
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def _print_train_report(report: dict, workdir: str) -> None:
         f"mean reward {online['mean_reward']:.3f}, regret over the last 10% {online['final_regret']:.3f}")
   print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, regret {greedy['regret']:.3f}, "
         f"optimal action {greedy['optimal_action_share']:.1%}")
-  print(f"  serving policy (epsilon-greedy):  reward {serving['reward']:.3f}, "
+  print(f"  serving policy ({report['exploration']}):  reward {serving['reward']:.3f}, "
         f"regret {serving['regret']:.3f}")
   print(f"  report: {workdir}/train_report.json, plot: {workdir}/train_regret.png")
 
@@ -170,13 +174,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
   for name in ("rounds", "requests", "threshold"):
     if getattr(args, name) < 1:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
+  if args.drift_at_round is not None and not 2 <= args.drift_at_round <= args.rounds:
+    raise ConfigError(f"--drift-at-round must be between 2 and --rounds, got {args.drift_at_round}")
   _check_data(config)
   config = _start_workdir(config, args.force)
   from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
-                         threshold=args.threshold)
+                         threshold=args.threshold, drift_at_round=args.drift_at_round)
   demo.print_table(report)
-  print(f"\nreport: {config.workdir}/demo_report.json, plot: {config.workdir}/demo_rounds.png")
+  print(f"\nreport: {config.workdir}/demo_report.json, plots: {config.workdir}/demo_rounds.png, "
+        f"{config.workdir}/demo_learning.png")
+  return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+  """Ranks learning settings offline on the warehouse's logged records."""
+  config = config_from_args(args)
+  from rlops import offline_evaluation  # pylint: disable=import-outside-toplevel
+  settings = [offline_evaluation.parse_setting(text, config.agent)
+              for text in (args.setting or [""])]
+  from rlops import plots, warehouse  # pylint: disable=import-outside-toplevel
+  store = warehouse.Warehouse(workdirs.LocalPaths(config.workdir).warehouse)
+  try:
+    records = store.rewarded_records()
+  finally:
+    store.close()
+  rows = offline_evaluation.compare(
+      records, settings, config.environment.num_movies, config.environment.rank_k,
+      newer_share=args.newer_share, bootstrap_samples=config.pipeline.bootstrap_samples,
+      seed=config.environment.seed, progress=True)
+  labels = [offline_evaluation.describe(row["setting"], config.agent) for row in rows]
+  print(f"\ntrained on the older {rows[0]['train_records']} records, estimated on the newer "
+        f"{rows[0]['eval_records']}; versus logging: paired difference with its 95% interval")
+  print(f"{'rank':>4}  {'DR':>7} {'interval':>17}  {'SNIPS':>7}  {'versus logging':>26}  setting")
+  for rank, (row, label) in enumerate(zip(rows, labels), 1):
+    dr, versus = row["estimates"]["dr"], row["versus_logging"]["dr"]
+    print(f"{rank:>4}  {dr['value']:>7.4f} [{dr['low']:>7.4f}, {dr['high']:>7.4f}]  "
+          f"{row['estimates']['snips']['value']:>7.4f}  {versus['value']:>+8.4f} "
+          f"[{versus['low']:>+7.4f}, {versus['high']:>+7.4f}]  {label}")
+  os.makedirs(config.workdir, exist_ok=True)
+  plot = plots.offline_comparison(rows, labels, os.path.join(config.workdir, "evaluate.png"))
+  with open(os.path.join(config.workdir, "evaluate_report.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  print(f"report: {config.workdir}/evaluate_report.json, plot: {plot}")
+  if args.write_config:
+    from rlops import model_io  # pylint: disable=import-outside-toplevel
+    best = model_io.agent_config_of({"agent": rows[0]["setting"]})
+    with open(args.write_config, "w") as f:
+      f.write(config.replace(agent=best).to_json())
+    print(f"best setting written as the configuration: {args.write_config}")
   return 0
 
 
@@ -375,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   demo = commands.add_parser("demo", help="run the whole local loop on embedded defaults: startup "
                               "pipeline, endpoint, simulated traffic, triggered retrainings")
-  options.add_config_arguments(demo)
+  options.add_config_arguments(demo, samples=COLD_START_SAMPLES)
   demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,
                     help="simulated requests per round (default: %(default)s)")
@@ -383,7 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new rewarded records that trigger a retraining (default: %(default)s)")
   demo.add_argument("--force", action="store_true",
                     help="clear a workdir of an earlier run first (default: refuse a used workdir)")
+  demo.add_argument("--drift-at-round", type=int, default=None,
+                    help="round from which the users' preferences shift (default: no drift)")
   demo.set_defaults(handler=_cmd_demo)
+
+  evaluate = commands.add_parser(
+      "evaluate", help="rank learning settings offline on the warehouse's logged records")
+  options.add_config_arguments(evaluate)
+  evaluate.add_argument("--setting", action="append", default=None,
+                        help="a candidate as AgentConfig fields over the options above, e.g. "
+                             "name=lints,alpha=0.5 or exploration=inverse_gap,gamma_scale=50; "
+                             "repeat for more (default: the options alone)")
+  evaluate.add_argument("--newer-share", type=float, default=0.3,
+                        help="share of the newest records the settings are estimated on "
+                             "(default: %(default)s)")
+  evaluate.add_argument("--write-config", default=None,
+                        help="write the best setting's configuration (Config JSON) here")
+  evaluate.set_defaults(handler=_cmd_evaluate)
 
   serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
   options.add_config_arguments(serve)

@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from rlops import workdirs
-from rlops.config import AGENT_NAMES, Config, ConfigError, GcpConfig
+from rlops.config import AGENT_NAMES, EXPLORATION_RULES, Config, ConfigError, GcpConfig
 
 
 class WorkdirError(Exception):
@@ -49,7 +49,16 @@ CONFIG_OPTIONS = (
     Option("--agent", "agent", "name", str, "the TF-Agents bandit agent", AGENT_NAMES),
     Option("--alpha", "agent", "alpha", float,
            "LinUCB/LinTS exploration weight (default: 10 for linucb, 1 for lints)"),
-    Option("--epsilon", "agent", "epsilon", float, "serving-policy exploration"),
+    Option("--epsilon", "agent", "epsilon", float,
+           "exploration of the epsilon_greedy rule and of the neural agent"),
+    Option("--exploration", "agent", "exploration", str,
+           "serving-policy rule; inverse_gap explores less as the model learns", EXPLORATION_RULES),
+    Option("--gamma-scale", "agent", "gamma_scale", float,
+           "inverse_gap: gamma = gamma_scale * sqrt(records trained on)"),
+    Option("--propensity-floor", "agent", "propensity_floor", float,
+           "least serving probability of any movie, at most 1/num_movies"),
+    Option("--forgetting", "agent", "forgetting", float,
+           "linear agents' forgetting factor per training batch, in (0, 1]; 1 keeps all data"),
     Option("--samples", "pipeline", "samples", int,
            "interactions the startup Generator logs, or online training steps' samples"),
     Option("--gate-tolerance", "pipeline", "gate_tolerance", float,
@@ -57,19 +66,26 @@ CONFIG_OPTIONS = (
 )
 
 
-def _help(option: Option) -> str:
+def _help(option: Option, default: Any) -> str:
   if "(default:" in option.help:
     return option.help
-  return f"{option.help} (default: {option.default()})"
+  return f"{option.help} (default: {default})"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds --workdir and every configuration option; unset options stay None."""
+def add_config_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+  """Adds --workdir and every configuration option; unset options stay None.
+
+  Args:
+    parser: The command's parser.
+    **defaults: The command's own defaults, by option name (e.g. samples=300):
+      set as if given, so they apply only where a command starts a workdir.
+  """
   parser.add_argument("--workdir", default=Config().workdir,
                       help="where the state and outputs go (default: %(default)s)")
   for option in CONFIG_OPTIONS:
-    parser.add_argument(option.flag, type=option.type, default=None, choices=option.choices,
-                        help=_help(option))
+    default = defaults.get(option.dest)
+    parser.add_argument(option.flag, type=option.type, default=default, choices=option.choices,
+                        help=_help(option, option.default() if default is None else default))
   parser.add_argument("--no-warm-start", action="store_true", default=None,
                       help="retrain from scratch instead of from the latest blessed model")
 

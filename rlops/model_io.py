@@ -1,7 +1,8 @@
 """The trained-model directory: what the Trainer writes, the Pusher copies and servers load.
 
     <model dir>/
-      rlops_model.json   agent config, dimensions, epsilon and training facts
+      rlops_model.json   agent config (exploration rule included), dimensions, epsilon,
+                         trained_records and training facts
       checkpoint/        the agent's variables (warm start, fast serving)
       policy/            TF-Agents PolicySaver SavedModel of the serving policy
 """
@@ -51,10 +52,21 @@ def new_agent(agent_config: AgentConfig, num_movies: int, rank_k: int) -> tf_age
 
 def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, rank_k: int,
          directory: str, facts: Dict[str, Any]) -> None:
-  """Writes the agent checkpoint, the serving policy SavedModel and the metadata."""
+  """Writes the agent checkpoint, the serving policy SavedModel and the metadata.
+
+  Args:
+    agent: The trained agent.
+    agent_config: Its config, exploration rule included.
+    num_movies: Arms.
+    rank_k: Context size.
+    directory: Where to write.
+    facts: Training facts for the metadata; `trained_records` (records the
+      model learnt from, across warm starts; default 0) sets the exploration.
+  """
   tf.io.gfile.makedirs(directory)
   tf.train.Checkpoint(agent=agent).write(os.path.join(directory, CHECKPOINT_DIR, "agent"))
-  policy = agents.serving_policy(agent, agent_config.epsilon)
+  facts = {"trained_records": 0.0, **facts}
+  policy = agents.serving_policy(agent, agent_config, facts["trained_records"])
   policy_saver.PolicySaver(policy, batch_size=None).save(os.path.join(directory, POLICY_DIR))
   metadata = {"agent": dataclasses.asdict(agent_config), "num_movies": num_movies,
               "rank_k": rank_k, "epsilon": agent_config.epsilon, **facts}
@@ -114,12 +126,30 @@ def load_agent(directory: str) -> Tuple[tf_agent.TFAgent, Dict[str, Any]]:
   return agent, metadata
 
 
-def load_serving_policy(directory: str) -> agents.ExactEpsilonGreedyPolicy:
+def load_serving_policy(directory: str) -> agents.ExactExplorationPolicy:
   """The serving policy saved in `directory`, rebuilt from its agent checkpoint."""
   agent, metadata = load_agent(directory)
-  return agents.serving_policy(agent, metadata["epsilon"])
+  return agents.serving_policy(agent, agent_config_of(metadata), trained_records_of(metadata))
 
 
-def probabilities(policy: agents.ExactEpsilonGreedyPolicy, observations: np.ndarray) -> np.ndarray:
+def trained_records_of(metadata: Dict[str, Any]) -> float:
+  """Records the model learnt from (older models: 0, the least trained)."""
+  return float(metadata.get("trained_records", 0.0))
+
+
+def reward_shortfall(agent: tf_agent.TFAgent, observations: np.ndarray, actions: np.ndarray,
+                     rewards: np.ndarray) -> float:
+  """Mean reward the agent predicts for the logged actions minus the mean logged reward.
+
+  Near 0 while the model is right about what it serves; large after the
+  users' preferences shift (drift).
+  """
+  if len(rewards) == 0:
+    return 0.0
+  estimates = agents.estimated_rewards_fn(agent)(tf.constant(observations, tf.float32)).numpy()
+  return float(estimates[np.arange(len(actions)), actions].mean() - np.mean(rewards))
+
+
+def probabilities(policy: agents.ExactExplorationPolicy, observations: np.ndarray) -> np.ndarray:
   """[n, K] exact action probabilities of `policy` for the given contexts."""
   return policy.probabilities(agents.restart(observations)).numpy()

@@ -76,6 +76,68 @@ def lineage_graph(chain, path) -> str:
   return path
 
 
+def cumulative_regret(settings: Dict[str, Dict[str, np.ndarray]], path) -> str:
+  """One panel per setting: cumulative regret over served requests of each named policy."""
+  figure, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+  for axis, (setting, curves) in zip(axes[0], settings.items()):
+    for name, curve in curves.items():
+      axis.plot(np.arange(1, len(curve) + 1), curve, label=name)
+    axis.set_xlabel("served requests")
+    axis.set_ylabel("cumulative regret")
+    axis.set_title(setting)
+    axis.grid(alpha=0.3)
+    axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def learning_rounds(rows, references: Dict[str, Dict[str, list]], path) -> str:
+  """Per-round expected regret and cumulative regret of the loop beside reference policies.
+
+  Args:
+    rows: Demo rounds with "round", "expected_regret", "regret" and "cumulative_regret".
+    references: name: {"regret": per-round mean regret, "cumulative_regret": per round}.
+    path: Where the PNG goes.
+  """
+  figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+  numbers = [row["round"] for row in rows]
+  left.plot(numbers, [row["expected_regret"] for row in rows], marker="^",
+            label="serving policy, exact expected")
+  left.plot(numbers, [row["regret"] for row in rows], marker="o", label="served requests")
+  right.plot(numbers, [row["cumulative_regret"] for row in rows], marker="o", label="loop")
+  for name, reference in references.items():
+    left.plot(numbers, reference["regret"], linestyle="--", label=name)
+    right.plot(numbers, reference["cumulative_regret"], linestyle="--", label=name)
+  left.set_ylabel("regret per request")
+  right.set_ylabel("cumulative regret")
+  for axis, title in ((right, "cumulative regret, same users"), (left, "regret per round")):
+    axis.set_xlabel("round")
+    axis.set_xticks(numbers)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def offline_comparison(rows, labels, path) -> str:
+  """DR estimate of each setting with its bootstrap interval, best first."""
+  figure, axis = plt.subplots(figsize=(8, 0.5 * len(rows) + 2))
+  values = [row["estimates"]["dr"]["value"] for row in rows]
+  errors = [[value - row["estimates"]["dr"]["low"] for value, row in zip(values, rows)],
+            [row["estimates"]["dr"]["high"] - value for value, row in zip(values, rows)]]
+  positions = np.arange(len(rows))[::-1]
+  axis.errorbar(values, positions, xerr=errors, fmt="o", capsize=4, label="DR, 95% interval")
+  axis.set_yticks(positions)
+  axis.set_yticklabels(labels, fontsize=8)
+  axis.set_xlabel("estimated value on the newer records (reward)")
+  return _save(figure, axis, "learning settings, offline", path)
+
+
 def _save(figure, axis, title: str, path):
   axis.set_title(title)
   axis.grid(alpha=0.3)

@@ -84,13 +84,15 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
                    feedback_batch: int = 200, progress: bool = False,
                    headers: Optional[Dict[str, str]] = None,
-                   feedback_retry_seconds: float = 30.0) -> Dict[str, Any]:
+                   feedback_retry_seconds: float = 30.0,
+                   user_rows: Optional[np.ndarray] = None) -> Dict[str, Any]:
   """Sends `requests` prediction requests (bounded also by `timeout_seconds`), at most `rate`
   per second, and delivers each returned prediction's reward as feedback.
 
-  Feedback delivery is retried with backoff for up to `feedback_retry_seconds` per
-  batch; rows still undelivered at the end are counted in the result, never dropped
-  silently.
+  `user_rows` ([requests, instances_per_request]) fixes the users to send; None:
+  drawn uniformly at random with `seed`. Feedback delivery is retried with backoff
+  for up to `feedback_retry_seconds` per batch; rows still undelivered at the end
+  are counted in the result, never dropped silently.
 
   Returns the totals (feedback delivered, rejected and undelivered among them) and,
   per model version, the count, mean reward and mean regret (against the
@@ -101,7 +103,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   rng = np.random.default_rng(seed)
   per_version: Dict[str, Dict[str, float]] = {}
   feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
-  errors, sent = 0, 0
+  errors, sent, last_error = 0, 0, None
   start = time.monotonic()
   with httpx.Client(timeout=30.0, headers=headers) as client:
     for index in tqdm(range(requests), unit="request", disable=not progress, desc="simulate"):
@@ -109,7 +111,8 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         break
       if rate:
         time.sleep(max(0.0, start + index / rate - time.monotonic()))
-      users = rng.integers(0, model.num_users, size=instances_per_request)
+      users = (rng.integers(0, model.num_users, size=instances_per_request) if user_rows is None
+               else user_rows[index])
       ids = [uuid.uuid4().hex for _ in users]
       body = {"instances": [{"observation": observation.tolist(), "request_id": rid}
                             for observation, rid in zip(model.observe(users), ids)]}
@@ -118,8 +121,9 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         response = client.post(endpoint_url, json=body)
         response.raise_for_status()
         predictions = response.json()["predictions"]
-      except (httpx.HTTPError, KeyError, ValueError):
+      except (httpx.HTTPError, KeyError, ValueError) as error:
         errors += 1
+        last_error = f"{type(error).__name__}: {error}"
         continue
       now = time.time()
       rewarded = []
@@ -137,7 +141,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   feedback.send()
   served = sum(stats["count"] for stats in per_version.values())
   return {
-      "requests": sent, "errors": errors, "predictions": served,
+      "requests": sent, "errors": errors, "last_error": last_error, "predictions": served,
       "feedback_delivered": feedback.delivered, "feedback_rejected": feedback.rejected,
       "feedback_undelivered": len(feedback.pending),
       "feedback_delivery_failures": feedback.failures,

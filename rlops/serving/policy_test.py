@@ -11,25 +11,32 @@ from rlops.config import AgentConfig
 from rlops.serving import policy
 
 
-def test_neural_model_serves_its_greedy_arm(tmp_path):
+@pytest.mark.parametrize("config", [
+    AgentConfig(name="neural_epsilon_greedy", epsilon=0.2, hidden_units=(8,)),
+    AgentConfig(exploration="inverse_gap", gamma_scale=5.0, propensity_floor=0.01),
+])
+def test_the_endpoint_serves_the_saved_policys_exact_probabilities(tmp_path, config):
   model = testing.small_model()
-  config = AgentConfig(name="neural_epsilon_greedy", epsilon=0.2, hidden_units=(8,))
   agent = model_io.new_agent(config, model.num_movies, model.rank_k)
   rng = np.random.default_rng(1)
   users = rng.integers(0, model.num_users, size=512)
   actions = rng.integers(0, model.num_movies, size=512).astype(np.int32)
   training.train_on_logged(agent, model.observe(users), actions, model.reward(users, actions),
                            batch_size=128)
-  model_io.save(agent, config, model.num_movies, model.rank_k, str(tmp_path / "5"), {})
+  model_io.save(agent, config, model.num_movies, model.rank_k, str(tmp_path / "5"),
+                {"trained_records": 512.0})
   serving_model = policy.load_model(str(tmp_path / "5"), "5")
-  observations = model.observe(np.arange(50))
+  observations = model.observe(np.arange(model.num_users))
+  # The endpoint's NumPy path and the saved TF policy compute the same rule.
   probabilities = model_io.probabilities(model_io.load_serving_policy(str(tmp_path / "5")),
                                          observations)
-  np.testing.assert_array_equal(serving_model.greedy(observations), probabilities.argmax(axis=1))
-  actions, propensities = serving_model.act(observations, np.random.default_rng(0))
-  greedy = actions == probabilities.argmax(axis=1)
-  assert set(propensities[greedy]) == {1 - 0.2 + 0.2 / model.num_movies}
-  assert set(propensities[~greedy]) <= {0.2 / model.num_movies}
+  np.testing.assert_allclose(serving_model.probabilities(observations), probabilities, atol=1e-5)
+  actions, propensities = serving_model.act(np.repeat(observations[:1], 20000, axis=0),
+                                            np.random.default_rng(0))
+  np.testing.assert_allclose(propensities, probabilities[0][actions], atol=1e-5)
+  # Actions are drawn with exactly those probabilities.
+  frequencies = np.bincount(actions, minlength=model.num_movies) / len(actions)
+  np.testing.assert_allclose(frequencies, probabilities[0], atol=0.015)
 
 
 def _edited(trained_model: str, directory: str, **changes) -> str:
