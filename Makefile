@@ -7,15 +7,19 @@ UV ?= $(shell command -v uv || echo .cache/tools/bin/uv)
 # The suite's fast part, run again on Python 3.9 (the fallback route's version) in .venv39.
 PY39_TESTS := rlops functions cli/deploy_test.py
 
-.PHONY: setup setup-py39 demo test test-py39 bench lock clean
+.PHONY: setup setup-py39 demo lint test test-py39 bench lock clean
 
 setup:
 	@bash setup_env.sh
 
 demo: setup
-	$(PY) -m cli.main demo --workdir $(WORKDIR)
+	$(PY) -m cli.main demo --workdir $(WORKDIR) --force
 
-test: setup
+lint: setup
+	.venv/bin/lint-imports
+	.venv/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest
 
 setup-py39:

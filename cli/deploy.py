@@ -147,7 +147,7 @@ def commands(config: Config, settings: DeploySettings) -> List[List[str]]:
                   *(["--service-account", gcp.service_account] if gcp.service_account else []),
                   *project])
   steps += [
-      ["rlops", "compile", "--target", "vertex", "--mode", "both", *flags,
+      ["rlops", "compile", "both", *flags,
        "--output", os.path.join(settings.pipelines_dir, "rlops.json")],
       ["gcloud", "storage", "cp", os.path.join(settings.pipelines_dir, "rlops-retrain.json"),
        env["trigger"]["RETRAIN_TEMPLATE"], *project],

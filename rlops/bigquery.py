@@ -16,11 +16,12 @@ about 30 minutes). `rlops.warehouse.open_warehouse` picks this or the SQLite war
 import json
 import math
 import re
-from typing import Any, Iterable, Iterator, List, Mapping, Tuple
+from typing import Iterable, Iterator, List, Tuple
 
 from google.api_core import exceptions
 from google.cloud import bigquery
 
+from rlops import records
 from rlops import warehouse as warehouse_lib
 
 # BigQuery type and mode of every warehouse column.
@@ -34,8 +35,8 @@ _COLUMN_TYPES = {
     "source": ("STRING", "REQUIRED"),
     "reward": ("FLOAT64", "REQUIRED"),
 }
-TABLE_COLUMNS = {"predictions": warehouse_lib.PREDICTION_COLUMNS,
-                 "feedback": warehouse_lib.FEEDBACK_COLUMNS}
+TABLE_COLUMNS = {"predictions": records.PREDICTION_COLUMNS,
+                 "feedback": records.FEEDBACK_COLUMNS}
 SCHEMAS = {table: [bigquery.SchemaField(column, *_COLUMN_TYPES[column]) for column in columns]
            for table, columns in TABLE_COLUMNS.items()}
 CLUSTERING_FIELDS = ["request_id"]
@@ -100,7 +101,7 @@ def _struct(columns: Tuple[str, ...], values: tuple) -> bigquery.StructQueryPara
   fields = []
   for column, value in zip(columns, values):
     field_type, mode = _COLUMN_TYPES[column]
-    if mode == "REPEATED":  # JSON text from the shared validator.
+    if mode == "REPEATED":  # JSON text, as `records.Prediction.values` gives it.
       fields.append(bigquery.ArrayQueryParameter(column, field_type, json.loads(value)))
     else:
       fields.append(bigquery.ScalarQueryParameter(column, field_type, value))
@@ -150,7 +151,7 @@ class BigQueryWarehouse:
       inserted += job.num_dml_affected_rows
     return inserted
 
-  def insert_predictions(self, rows: Iterable[Mapping[str, Any]]) -> int:
+  def insert_predictions(self, rows: Iterable[warehouse_lib.Row]) -> int:
     """Inserts prediction logs, ignoring request_ids already present; returns rows inserted.
 
     Raises:
@@ -158,7 +159,7 @@ class BigQueryWarehouse:
     """
     return self._merge("predictions", [warehouse_lib.prediction_values(row) for row in rows])
 
-  def insert_feedback(self, rows: Iterable[Mapping[str, Any]]) -> int:
+  def insert_feedback(self, rows: Iterable[warehouse_lib.Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.
 
     Raises:

@@ -249,7 +249,7 @@ def test_inserts_are_one_merge_per_table_with_the_rows_as_a_typed_parameter():
 
 
 @pytest.mark.parametrize("bad, problem", [
-    ({"propensity": 0.0}, "propensity must be in"),
+    ({"propensity": 0.0}, "propensity must be positive"),
     ({"observation": [1.0, float("nan")]}, "observation must be"),
     ({"action": True}, "action must be"),
     ({"source": ""}, "source must be"),
@@ -259,7 +259,7 @@ def test_a_malformed_row_sends_nothing(bad, problem):
   store = bigquery.BigQueryWarehouse(client, PROJECT, DATASET)
   with pytest.raises(ValueError, match=problem):
     store.insert_predictions([_prediction(1), dict(_prediction(2), **bad)])
-  with pytest.raises(ValueError, match="missing column"):
+  with pytest.raises(ValueError, match="missing field"):
     store.insert_feedback([{"request_id": "r1", "reward": 1.0}])
   assert not client.requests
 

@@ -1,11 +1,21 @@
 """The MovieLens contextual bandit as a TF-Agents environment (`rlops.simulation` holds the model)."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from tf_agents.bandits.environments import bandit_py_environment
 from tf_agents.specs import array_spec
 
 from rlops.simulation import DTYPE, MovieLensModel
+
+
+def specs(num_movies: int, rank_k: int
+          ) -> Tuple[array_spec.ArraySpec, array_spec.BoundedArraySpec, array_spec.ArraySpec]:
+  """Observation, action and reward specs of the MovieLens bandit: float32 contexts of
+  size `rank_k`, int32 actions in [0, num_movies)."""
+  return (array_spec.ArraySpec((rank_k,), DTYPE, name="observation"),
+          array_spec.BoundedArraySpec((), np.int32, minimum=0, maximum=num_movies - 1,
+                                      name="action"),
+          array_spec.ArraySpec((), DTYPE, name="reward"))
 
 
 class MovieLensEnvironment(bandit_py_environment.BanditPyEnvironment):
@@ -26,11 +36,7 @@ class MovieLensEnvironment(bandit_py_environment.BanditPyEnvironment):
     self._rng = np.random.default_rng(seed)
     self._users = np.zeros(0, np.int64)
     self._rewarded_users = None
-    observation_spec = array_spec.ArraySpec((model.rank_k,), DTYPE, name="observation")
-    action_spec = array_spec.BoundedArraySpec((), np.int32, minimum=0,
-                                              maximum=model.num_movies - 1, name="action")
-    reward_spec = array_spec.ArraySpec((), DTYPE, name="reward")
-    super().__init__(observation_spec, action_spec, reward_spec, name=name)
+    super().__init__(*specs(model.num_movies, model.rank_k), name=name)
 
   @property
   def model(self) -> MovieLensModel:

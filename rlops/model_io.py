@@ -15,10 +15,9 @@ import numpy as np
 import tensorflow as tf
 from tf_agents.agents import tf_agent
 from tf_agents.policies import policy_saver
-from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import time_step as ts
 
-from rlops import agents
+from rlops import agents, environment
 from rlops.config import AgentConfig
 
 METADATA_FILE = "rlops_model.json"
@@ -43,18 +42,11 @@ def latest_version(base_directory: str) -> str:
   return found[-1]
 
 
-def specs(num_movies: int, rank_k: int) -> Tuple[ts.TimeStep, tensor_spec.BoundedTensorSpec]:
-  """Time-step and action specs of the MovieLens bandit (float32 contexts)."""
-  observation = tensor_spec.TensorSpec((rank_k,), tf.float32, name="observation")
-  reward = tensor_spec.TensorSpec((), tf.float32, name="reward")
-  action = tensor_spec.BoundedTensorSpec((), tf.int32, minimum=0, maximum=num_movies - 1,
-                                         name="action")
-  return ts.time_step_spec(observation, reward), action
-
-
 def new_agent(agent_config: AgentConfig, num_movies: int, rank_k: int) -> tf_agent.TFAgent:
-  time_step_spec, action_spec = specs(num_movies, rank_k)
-  return agents.create_agent(agent_config, time_step_spec, action_spec)
+  """An untrained agent for the MovieLens bandit of `num_movies` movies and rank `rank_k`."""
+  observation_spec, action_spec, reward_spec = environment.specs(num_movies, rank_k)
+  return agents.create_agent(agent_config, ts.time_step_spec(observation_spec, reward_spec),
+                             action_spec)
 
 
 def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, rank_k: int,

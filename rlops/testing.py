@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from rlops import agents, model_io, movielens, simulation
+from rlops import agents, model_io, movielens, records, simulation
 from rlops import warehouse as warehouse_lib
 
 
@@ -41,10 +41,10 @@ def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
   now = time.time() if event_time is None else event_time
   ids = [uuid.uuid4().hex for _ in range(requests)]
   warehouse.insert_predictions([
-      {"request_id": rid, "event_time": now, "observation": obs.tolist(), "action": int(action),
-       "propensity": float(p), "model_version": version, "source": "simulator"}
+      records.Prediction(request_id=rid, event_time=now, observation=obs, action=int(action),
+                         propensity=float(p), model_version=version, source="simulator")
       for rid, obs, action, p in zip(ids, observations, actions, propensities)])
-  warehouse.insert_feedback([{"request_id": rid, "event_time": now, "reward": float(r)}
+  warehouse.insert_feedback([records.Feedback(request_id=rid, event_time=now, reward=float(r))
                              for rid, r in zip(ids, rewards)])
   return {"model_version": version, "requests": requests, "mean_reward": float(rewards.mean()),
           "regret": float(model.regret(users, actions).mean())}

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlops import log_sinks, simulation
+from rlops import log_sinks, records, simulation
 
 
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
@@ -52,7 +52,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         if prediction["request_id"] != rid:
           raise RuntimeError(f"endpoint answered request {rid} with {prediction['request_id']}")
         reward = float(model.reward(user, prediction["action"]))
-        feedback.append({"request_id": rid, "event_time": now, "reward": reward})
+        feedback.append(records.Feedback(request_id=rid, event_time=now, reward=reward).to_row())
         stats = per_version.setdefault(prediction["model_version"], {"count": 0, "reward": 0.0, "regret": 0.0})
         stats["count"] += 1
         stats["reward"] += reward

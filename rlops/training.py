@@ -6,6 +6,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 from tf_agents.agents import tf_agent
+from tf_agents.bandits.agents import linear_bandit_agent
 from tf_agents.policies import tf_policy
 from tf_agents.trajectories import trajectory
 from tqdm.auto import tqdm
@@ -48,7 +49,7 @@ def train_on_logged(agent: tf_agent.TFAgent, observations: np.ndarray, actions: 
   """
   if epochs < 1:
     raise ValueError(f"epochs must be positive, got {epochs}")
-  if hasattr(agent, "cov_matrix") and epochs != 1:
+  if isinstance(agent, linear_bandit_agent.LinearBanditAgent) and epochs != 1:
     raise ValueError("linear agents train in one pass: a second epoch double-counts each record")
   train_step = train_step or make_train_step(agent)
   num = len(rewards)

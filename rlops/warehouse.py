@@ -8,18 +8,16 @@ event times are Unix seconds. WAL mode lets serving write while pipelines read.
 import contextlib
 import json
 import math
-import numbers
 import os
 import pathlib
 import sqlite3
 import threading
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Tuple, Union
 
 import numpy as np
 
-PREDICTION_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
-                      "model_version", "source")
-FEEDBACK_COLUMNS = ("request_id", "event_time", "reward")
+from rlops import records
+from rlops.records import FEEDBACK_COLUMNS, PREDICTION_COLUMNS
 # The columns `training_query` selects, in order.
 TRAINING_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
                     "model_version", "reward")
@@ -71,67 +69,27 @@ def training_query(begin: float, end: float, table_prefix: str = "") -> str:
           "ORDER BY p.event_time, p.request_id")
 
 
-def _bad(row: Mapping[str, Any], problem: str) -> ValueError:
-  return ValueError(f"request_id {row.get('request_id')!r}: {problem}")
+Row = Union[Mapping[str, Any], records.Prediction, records.Feedback]
 
 
-def _finite(row: Mapping[str, Any], column: str) -> float:
-  value = row[column]
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-    raise _bad(row, f"{column} must be a finite number, got {value!r}")
-  return float(value)
-
-
-def _text(row: Mapping[str, Any], column: str) -> str:
-  value = row[column]
-  if not isinstance(value, str) or not value:
-    raise _bad(row, f"{column} must be a non-empty string, got {value!r}")
-  return value
-
-
-def _observation_json(row: Mapping[str, Any]) -> str:
-  value = row["observation"]
-  if isinstance(value, np.ndarray) and value.ndim == 1:
-    value = value.tolist()
-  if not isinstance(value, (list, tuple)) or not value or not all(
-      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value):
-    raise _bad(row, f"observation must be a non-empty list of finite numbers, got {value!r:.100}")
-  return json.dumps([float(x) for x in value])
-
-
-def _check_columns(row: Mapping[str, Any], columns: Iterable[str]) -> None:
-  if not isinstance(row, Mapping):
-    raise ValueError(f"a row must be a dict, got {row!r}")
-  missing = [column for column in columns if column not in row]
-  if missing:
-    raise _bad(row, f"missing column(s) {', '.join(missing)}")
-
-
-def prediction_values(row: Mapping[str, Any]) -> tuple:
-  """A validated prediction row's values in PREDICTION_COLUMNS order, observation as JSON text.
+def prediction_values(row: Row) -> tuple:
+  """A prediction (record or row) as stored, in PREDICTION_COLUMNS order.
 
   Raises:
-    ValueError: The row is malformed.
+    ValueError: The row is malformed; the message names the request and the field.
   """
-  _check_columns(row, PREDICTION_COLUMNS)
-  action = row["action"]
-  if isinstance(action, bool) or not isinstance(action, numbers.Integral) or action < 0:
-    raise _bad(row, f"action must be a non-negative integer, got {action!r}")
-  propensity = _finite(row, "propensity")
-  if not 0.0 < propensity <= 1.0:
-    raise _bad(row, f"propensity must be in (0, 1], got {propensity!r}")
-  return (_text(row, "request_id"), _finite(row, "event_time"), _observation_json(row),
-          int(action), propensity, _text(row, "model_version"), _text(row, "source"))
+  record = row if isinstance(row, records.Prediction) else records.Prediction.from_row(row)
+  return record.values()
 
 
-def feedback_values(row: Mapping[str, Any]) -> tuple:
-  """A validated feedback row's values in FEEDBACK_COLUMNS order.
+def feedback_values(row: Row) -> tuple:
+  """A feedback (record or row) as stored, in FEEDBACK_COLUMNS order.
 
   Raises:
-    ValueError: The row is malformed.
+    ValueError: The row is malformed; the message names the request and the field.
   """
-  _check_columns(row, FEEDBACK_COLUMNS)
-  return (_text(row, "request_id"), _finite(row, "event_time"), _finite(row, "reward"))
+  record = row if isinstance(row, records.Feedback) else records.Feedback.from_row(row)
+  return record.values()
 
 
 def count_query(begin: float, end: float, table_prefix: str = "") -> str:
@@ -185,7 +143,7 @@ class Warehouse:
           f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
           f"VALUES ({', '.join('?' * len(columns))})", values).rowcount
 
-  def insert_predictions(self, rows: Iterable[Mapping[str, Any]]) -> int:
+  def insert_predictions(self, rows: Iterable[Row]) -> int:
     """Inserts prediction logs, ignoring request_ids already present; returns rows inserted.
 
     Raises:
@@ -193,7 +151,7 @@ class Warehouse:
     """
     return self._insert("predictions", PREDICTION_COLUMNS, [prediction_values(row) for row in rows])
 
-  def insert_feedback(self, rows: Iterable[Mapping[str, Any]]) -> int:
+  def insert_feedback(self, rows: Iterable[Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.
 
     Feedback may arrive before its prediction is logged: the join pairs them later.

@@ -121,6 +121,10 @@ def test_query_text_holds_literal_bounds_and_prefix():
     ({"action": True}, "action"),
     ({"model_version": ""}, "model_version"),
     ({"source": None}, "source"),
+    ({"event_time": 1e300}, "event_time"),
+    ({"observation": [1.0, 1e300]}, "observation"),
+    ({"action": 2**40}, "action"),
+    ({"extra": 1}, "unknown field"),
 ])
 def test_bad_prediction_rejects_whole_batch(tmp_path, change, problem):
   store = warehouse.Warehouse(tmp_path / "w.db")
@@ -135,12 +139,12 @@ def test_missing_column_or_bad_feedback_rejects_whole_batch(tmp_path):
   store = warehouse.Warehouse(tmp_path / "w.db")
   missing = _prediction(1)
   del missing["propensity"], missing["source"]
-  with pytest.raises(ValueError, match="request_id 'r1': missing column.*propensity, source"):
+  with pytest.raises(ValueError, match="request_id 'r1': missing field.*propensity, source"):
     store.insert_predictions([_prediction(0), missing])
   store.insert_predictions([_prediction(0), _prediction(1)])
   with pytest.raises(ValueError, match="request_id 'r1': reward must be a finite number"):
     store.insert_feedback([_feedback(0), {**_feedback(1), "reward": float("nan")}])
-  with pytest.raises(ValueError, match="request_id 'r1': missing column.*reward"):
+  with pytest.raises(ValueError, match="request_id 'r1': missing field.*reward"):
     store.insert_feedback([_feedback(0), {"request_id": "r1", "event_time": 1.0}])
   assert store.count_rewarded() == 0
 

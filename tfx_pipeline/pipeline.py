@@ -6,7 +6,7 @@ from tfx import v1 as tfx
 
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
-from custom_components.ingester.component import SqliteExampleGen
+from custom_components.ingester.component import TRAIN_EVAL_SPLIT, SqliteExampleGen
 from custom_components.trainer.component import Trainer
 from custom_components import keys
 from rlops import warehouse as warehouse_lib
@@ -16,13 +16,6 @@ from tfx_pipeline.windows import RETRAIN, STARTUP
 
 LOCAL = "local"
 VERTEX = "vertex"
-
-# train:eval = 4:1 by hash, on both targets.
-OUTPUT_CONFIG = tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-    tfx.proto.SplitConfig.Split(name="train", hash_buckets=4),
-    tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1),
-]))
-
 
 def dataflow_beam_args(gcp: GcpConfig) -> List[str]:
   """Beam on Dataflow with the pipeline image as worker container.
@@ -116,12 +109,12 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
   if target == LOCAL:
     ingester = SqliteExampleGen(query=warehouse_lib.training_query(window.begin, window.end),
                                 warehouse_path=warehouse, span=window.span,
-                                output_config=OUTPUT_CONFIG)
+                                output_config=TRAIN_EVAL_SPLIT)
     # Stamped just before the window's end, so the Ingester of this run reads them.
     event_time, trained_window_end = window.end - 1, window.end
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
-        input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=OUTPUT_CONFIG,
+        input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=TRAIN_EVAL_SPLIT,
         range_config=_parameter(windows.RANGE_CONFIG_PARAMETER, str))
     event_time = _parameter(windows.EVENT_TIME_PARAMETER, float)
     trained_window_end = _parameter(windows.WINDOW_END_PARAMETER, float)

@@ -8,6 +8,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
 from custom_components import keys
+from rlops import records
 from rlops import simulation
 from rlops import warehouse as warehouse_lib
 from rlops.config import DataConfig, EnvironmentConfig, section_from_json
@@ -34,7 +35,8 @@ class _SimulateChunk(beam.DoFn):
   def setup(self):
     self._model = simulation.MovieLensModel.from_sections(self._data, self._environment)
 
-  def process(self, index_range: Tuple[int, int]) -> Iterator[Tuple[List[dict], List[dict]]]:
+  def process(self, index_range: Tuple[int, int]
+              ) -> Iterator[Tuple[List[records.Prediction], List[records.Feedback]]]:
     start, end = index_range
     # One generator per chunk, keyed by its start: the same records whatever the worker.
     rng = np.random.default_rng([self._environment.seed, int(self._event_time), start])
@@ -45,11 +47,11 @@ class _SimulateChunk(beam.DoFn):
     rewards = model.reward(users, actions)
     propensity = 1.0 / model.num_movies
     ids = [request_id(self._prefix, index) for index in range(start, end)]
-    predictions = [{
-        "request_id": rid, "event_time": self._event_time, "observation": observation.tolist(),
-        "action": int(action), "propensity": propensity, "model_version": LOGGING_POLICY,
-        "source": "generator"} for rid, observation, action in zip(ids, observations, actions)]
-    feedback = [{"request_id": rid, "event_time": self._event_time, "reward": float(reward)}
+    predictions = [records.Prediction(
+        request_id=rid, event_time=self._event_time, observation=observation, action=int(action),
+        propensity=propensity, model_version=LOGGING_POLICY, source="generator")
+                   for rid, observation, action in zip(ids, observations, actions)]
+    feedback = [records.Feedback(request_id=rid, event_time=self._event_time, reward=float(reward))
                 for rid, reward in zip(ids, rewards)]
     yield predictions, feedback
 
@@ -67,7 +69,8 @@ class _WriteToWarehouse(beam.DoFn):
   def setup(self):
     self._warehouse = warehouse_lib.open_warehouse(self._uri)
 
-  def process(self, chunk: Tuple[List[dict], List[dict]]) -> Iterator[int]:
+  def process(self, chunk: Tuple[List[records.Prediction], List[records.Feedback]]
+              ) -> Iterator[int]:
     predictions, feedback = chunk
     self._warehouse.insert_predictions(predictions)
     self._warehouse.insert_feedback(feedback)

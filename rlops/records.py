@@ -1,0 +1,170 @@
+"""The two records of the feedback loop: a logged prediction and its feedback.
+
+The endpoint and the Generator log `Prediction`s, the Simulator reports `Feedback`,
+the Logger and the warehouses store them; in a log message both travel as rows,
+JSON objects with the record's fields. A record is valid when its warehouse can
+store it as it is (finite numbers, UTF-8 encodable ids, ranges), so a row that
+fails here is refused where it is produced, never after it was acknowledged.
+"""
+import dataclasses
+import json
+import math
+import numbers
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+
+PREDICTION_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
+                      "model_version", "source")
+FEEDBACK_COLUMNS = ("request_id", "event_time", "reward")
+MAX_ID_LENGTH = 128
+# Event times are Unix seconds before the year 2200.
+MAX_EVENT_TIME = 7_258_118_400.0
+# Largest action and observation value the stores and float32 models take.
+MAX_ACTION = 2**31 - 1
+MAX_ABS_VALUE = float(np.finfo(np.float32).max)
+
+
+def _problem(request_id: Any, problem: str) -> ValueError:
+  return ValueError(f"request_id {request_id!r}: {problem}")
+
+
+def _text(request_id: Any, name: str, value: Any) -> str:
+  if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+    raise _problem(request_id, f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters, "
+                               f"got {value!r:.100}")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as error:
+    raise _problem(request_id, f"{name} is not valid Unicode ({error.reason})") from error
+  return value
+
+
+def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> float:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+      math.isfinite(value) and low <= value <= high):
+    raise _problem(request_id, f"{name} must be a finite number in [{low:g}, {high:g}], "
+                               f"got {value!r:.100}")
+  return float(value)
+
+
+def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
+  if isinstance(value, np.ndarray) and value.ndim == 1:
+    value = value.tolist()
+  if not isinstance(value, (list, tuple)) or not value or not all(
+      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+      and abs(x) <= MAX_ABS_VALUE for x in value):
+    raise _problem(request_id, "observation must be a non-empty list of finite float32 numbers, "
+                               f"got {value!r:.100}")
+  return tuple(float(x) for x in value)
+
+
+def _fields(row: Mapping[str, Any], columns: Sequence[str]) -> Dict[str, Any]:
+  if not isinstance(row, Mapping):
+    raise ValueError(f"a row must be an object, got {row!r:.100}")
+  missing = [column for column in columns if column not in row]
+  unknown = sorted(set(row) - set(columns))
+  if missing or unknown:
+    raise _problem(row.get("request_id"), ", ".join(
+        ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+        + ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])))
+  return {column: row[column] for column in columns}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """A served (or generated) prediction: the context, the action and its exact propensity.
+
+  Attributes:
+    request_id: Joins the prediction to its feedback; unique per prediction.
+    event_time: When it was served, Unix seconds.
+    observation: The context the policy saw.
+    action: The recommended movie.
+    propensity: The probability the policy gave `action`, in (0, 1].
+    model_version: The serving model's version ("uniform-random" for the Generator).
+    source: Who logged it: "endpoint", "generator", ...
+  """
+  request_id: str
+  event_time: float
+  observation: Tuple[float, ...]
+  action: int
+  propensity: float
+  model_version: str
+  source: str
+
+  def __post_init__(self):
+    rid = self.request_id
+    _text(rid, "request_id", rid)
+    object.__setattr__(self, "event_time",
+                       _number(rid, "event_time", self.event_time, 0.0, MAX_EVENT_TIME))
+    object.__setattr__(self, "observation", _observation(rid, self.observation))
+    action = self.action
+    if isinstance(action, bool) or not isinstance(action, numbers.Integral) or not (
+        0 <= action <= MAX_ACTION):
+      raise _problem(rid, f"action must be an integer in [0, {MAX_ACTION}], got {action!r:.100}")
+    object.__setattr__(self, "action", int(action))
+    propensity = _number(rid, "propensity", self.propensity, 0.0, 1.0)
+    if propensity == 0.0:
+      raise _problem(rid, "propensity must be positive: the action was taken")
+    object.__setattr__(self, "propensity", propensity)
+    _text(rid, "model_version", self.model_version)
+    _text(rid, "source", self.source)
+
+  @classmethod
+  def from_row(cls, row: Mapping[str, Any]) -> "Prediction":
+    """The prediction of a row (a log message's JSON object).
+
+    Raises:
+      ValueError: The row is malformed; the message names the request and the field.
+    """
+    return cls(**_fields(row, PREDICTION_COLUMNS))
+
+  def to_row(self) -> Dict[str, Any]:
+    """The row of a log message, JSON-serialisable."""
+    row = dataclasses.asdict(self)
+    row["observation"] = list(self.observation)
+    return row
+
+  def values(self) -> tuple:
+    """The values in PREDICTION_COLUMNS order, the observation as JSON text (SQLite's form)."""
+    return (self.request_id, self.event_time, json.dumps(list(self.observation)), self.action,
+            self.propensity, self.model_version, self.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Feedback:
+  """The reward observed for the prediction `request_id`.
+
+  Attributes:
+    request_id: The prediction it rewards.
+    event_time: When the reward was observed, Unix seconds.
+    reward: The reward (the user's approximate rating of the recommended movie).
+  """
+  request_id: str
+  event_time: float
+  reward: float
+
+  def __post_init__(self):
+    rid = self.request_id
+    _text(rid, "request_id", rid)
+    object.__setattr__(self, "event_time",
+                       _number(rid, "event_time", self.event_time, 0.0, MAX_EVENT_TIME))
+    object.__setattr__(self, "reward",
+                       _number(rid, "reward", self.reward, -MAX_ABS_VALUE, MAX_ABS_VALUE))
+
+  @classmethod
+  def from_row(cls, row: Mapping[str, Any]) -> "Feedback":
+    """The feedback of a row (a log message's JSON object).
+
+    Raises:
+      ValueError: The row is malformed; the message names the request and the field.
+    """
+    return cls(**_fields(row, FEEDBACK_COLUMNS))
+
+  def to_row(self) -> Dict[str, Any]:
+    """The row of a log message, JSON-serialisable."""
+    return dataclasses.asdict(self)
+
+  def values(self) -> tuple:
+    """The values in FEEDBACK_COLUMNS order."""
+    return (self.request_id, self.event_time, self.reward)

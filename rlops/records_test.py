@@ -1,0 +1,41 @@
+"""Tests of the loop's records: what a warehouse can store, and the rows they travel as."""
+import json
+
+import pytest
+
+from rlops import records
+
+PREDICTION = records.Prediction(request_id="r1", event_time=1700000000.5, observation=(0.25, -1.0),
+                                action=3, propensity=0.9, model_version="7", source="endpoint")
+FEEDBACK = records.Feedback(request_id="r1", event_time=1700000001.0, reward=4.5)
+
+
+def test_rows_round_trip_through_json():
+  for record in (PREDICTION, FEEDBACK):
+    row = json.loads(json.dumps(record.to_row()))
+    assert type(record).from_row(row) == record
+  assert PREDICTION.values() == ("r1", 1700000000.5, "[0.25, -1.0]", 3, 0.9, "7", "endpoint")
+  assert FEEDBACK.values() == ("r1", 1700000001.0, 4.5)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"request_id": "x\ud800"}, "request_id is not valid Unicode"),
+    ({"request_id": "x" * 129}, "request_id must be a string of 1 to 128"),
+    ({"event_time": -1.0}, "event_time must be a finite number"),
+    ({"event_time": float("nan")}, "event_time must be a finite number"),
+    ({"observation": (1.0, 3.5e38)}, "observation must be"),
+    ({"action": -1}, "action must be an integer"),
+    ({"propensity": 1.5}, "propensity must be a finite number in \\[0, 1\\]"),
+    ({"propensity": 0.0}, "propensity must be positive"),
+    ({"model_version": 7}, "model_version must be a string"),
+])
+def test_a_record_a_warehouse_cannot_store_is_refused_with_its_reason(change, problem):
+  with pytest.raises(ValueError, match=problem):
+    records.Prediction(**{**PREDICTION.to_row(), **change})
+
+
+def test_feedback_rewards_must_be_finite():
+  with pytest.raises(ValueError, match="request_id 'r1': reward must be a finite number"):
+    records.Feedback(request_id="r1", event_time=1.0, reward=float("inf"))
+  with pytest.raises(ValueError, match="missing field.*reward.*unknown field.*rating"):
+    records.Feedback.from_row({"request_id": "r1", "event_time": 1.0, "rating": 4.0})
