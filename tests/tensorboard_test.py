@@ -33,12 +33,14 @@ def test_tensorboard_serves_the_scalars_of_an_events_file(tmp_path):
   writer.close()
   port = _free_port()
   process = subprocess.Popen(
-      [_tensorboard(), "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1", "--port", str(port)],
+      [_tensorboard(), "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1",
+       "--port", str(port)],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
-      assert process.poll() is None, f"tensorboard exited {process.returncode}:\n{process.stdout.read()}"
+      if process.poll() is not None:
+        raise AssertionError(f"tensorboard exited {process.returncode}:\n{process.stdout.read()}")
       try:
         response = httpx.get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5.0)
         if response.status_code == 200 and response.json():
