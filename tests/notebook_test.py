@@ -58,6 +58,7 @@ def test_walkthrough_runs_top_to_bottom(tmp_path, monkeypatch):
   assert "task Trainer" in text and "task Pusher" in text  # the compiled Vertex task list
   images = [output for cell in code for output in cell.outputs
             if "image/png" in output.get("data", {})]
-  assert len(images) == 2  # the lineage graph and the rounds plot
+  assert len(images) == 3  # the lineage graph, the rounds and the learning plots
   assert (run_dir / "lineage.png").stat().st_size > 10_000
-  assert (run_dir / "rounds.png").exists() and (run_dir / "retrain_pipeline.json").exists()
+  for name in ("rounds.png", "learning.png", "retrain_pipeline.json"):
+    assert (run_dir / name).exists()
