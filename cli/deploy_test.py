@@ -159,7 +159,8 @@ def test_every_gcloud_command_parses(tmp_path):
 @pytest.mark.parametrize("function", deploy.FUNCTIONS, ids=lambda f: f.name)
 def test_bundle_imports_its_entry_point_with_only_its_requirements(tmp_path, function):
   bundle = deploy.build_bundle(function, str(tmp_path))
-  requirements = open(os.path.join(bundle, "requirements.txt")).read().split()
+  with open(os.path.join(bundle, "requirements.txt")) as f:
+    requirements = f.read().split()
   assert all("==" in line for line in requirements)
   result = subprocess.run([sys.executable, "-c", _INSPECT, function.entry_point], cwd=bundle,
                           env={**os.environ, "PYTHONPATH": bundle}, capture_output=True, text=True,
@@ -168,7 +169,7 @@ def test_bundle_imports_its_entry_point_with_only_its_requirements(tmp_path, fun
   assert report["callable"] and report["functions_file"].startswith(bundle)
   declared = {deploy._distribution(line.split("==")[0]) for line in requirements}  # pylint: disable=protected-access
   missing = {d.lower().replace("_", "-") for d in report["distributions"]} - declared
-  assert not missing, f"{function.name}'s code imports distributions its requirements lack: {missing}"
+  assert not missing, f"{function.name} imports distributions its requirements lack: {missing}"
   assert {"functions-framework", "numpy"} <= {d.lower() for d in report["distributions"]}
 
 
@@ -176,7 +177,8 @@ def test_logger_bundle_served_as_deployed_writes_the_warehouse(tmp_path):
   bundle = deploy.build_bundle(deploy.FUNCTIONS[0], str(tmp_path / "bundle"))
   path = str(tmp_path / "warehouse.sqlite")
   env = {"RLOPS_WAREHOUSE": path, "PYTHONPATH": bundle}
-  with testing_utils.functions_framework(os.path.join(bundle, "main.py"), "log_records", env) as url:
+  main_py = os.path.join(bundle, "main.py")
+  with testing_utils.functions_framework(main_py, "log_records", env) as url:
     log_sinks.CloudEventSink(url).deliver({
         "predictions": [{"request_id": "a", "event_time": 1.0, "observation": [0.1], "action": 0,
                          "propensity": 1.0, "model_version": "1", "source": "endpoint"}],
