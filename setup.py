@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "httpx==0.27.2",
     "matplotlib==3.9.2",
     "tqdm==4.67.1",
+    # The newest setuptools that still ships pkg_resources, which TensorBoard 2.15 imports.
+    "setuptools==81.0.0",
 ]
 TEST_REQUIRES = [
     "pytest==8.3.3",
