@@ -9,9 +9,11 @@ import httpx
 import numpy as np
 
 from functions.trigger import main as trigger
-from rlops import (exploration, learning_loop, log_sinks, model_io, plots, server, simulation,
-                   traffic)
+from rlops import (exploration, learning_loop, log_sinks, model_io, plots, simulation, traffic,
+                   workdirs)
 from rlops.config import Config
+from rlops.serving import app as serving_app
+from rlops.serving import server
 from tfx_pipeline import local_runner
 
 
@@ -61,7 +63,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
     drift_at_round: First round (1-based) whose users' preferences have shifted
       (the movie factors permuted); None: no drift.
   """
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   startup = local_runner.run(config, "startup")
   model = simulation.MovieLensModel.from_config(config)
   seed = config.environment.seed
@@ -69,8 +71,8 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
            for index in range(rounds)]
   worlds = learning_loop.models_per_round(model, rounds, drift_at_round, seed)
   sink = log_sinks.InProcessSink(paths.warehouse)
-  app = server.create_app(paths.serving, sink, outbox_path=os.path.join(config.workdir, "outbox.jsonl"),
-                          poll_seconds=0.5, seed=config.environment.seed)
+  app = serving_app.create_app(paths.serving, sink, outbox_path=paths.outbox, poll_seconds=0.5,
+                               seed=config.environment.seed)
   rows: List[Dict[str, Any]] = []
   cumulative = 0.0
   with server.ServerThread(app) as endpoint:

@@ -1,8 +1,10 @@
-"""Production deployment: the gcloud/bq commands from an empty project to a running loop,
+"""Production deployment: the gcloud commands from an empty project to a running loop,
 and the source bundles the Cloud Functions are deployed from.
 
-`rlops deploy --dry-run` prints the commands; without it they run one by one. Paths
-in them are relative to the project root, where they run.
+`rlops deploy --dry-run` prints the commands and writes nothing; without it the
+bundles, env-var files and the whole config are written under build/ and the
+commands run one by one. Paths in them are absolute. Every resource is looked up
+before it is created, so a second deployment creates nothing twice.
 """
 import dataclasses
 import os
@@ -11,7 +13,9 @@ import re
 import shlex
 import shutil
 import subprocess
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+import yaml
 
 from rlops.config import Config
 
@@ -48,9 +52,7 @@ class DeploySettings:
   simulator_requests: int = 200
   trigger_schedule: str = "*/15 * * * *"
   retrain_threshold: int = 1000
-  gcp_config_path: str = "gcp.json"
-  bundle_dir: str = "build/functions"
-  pipelines_dir: str = "build/pipelines"
+  build_dir: str = str(PROJECT_ROOT / "build")
 
 
 def _distribution(requirement: str) -> str:
@@ -93,85 +95,148 @@ def build_bundle(function: Function, bundle_dir: str) -> str:
   return target
 
 
-def config_flags(config: Config, gcp_config_path: str) -> List[str]:
-  """The rlops options that reproduce `config` in the compile and submit commands."""
-  return ["--agent", config.agent.name, "--epsilon", str(config.agent.epsilon),
-          "--num-movies", str(config.environment.num_movies),
-          "--rank-k", str(config.environment.rank_k), "--seed", str(config.environment.seed),
-          "--data-seed", str(config.data.seed), "--samples", str(config.pipeline.samples),
-          "--gate-tolerance", str(config.pipeline.gate_tolerance),
-          "--gcp-config", gcp_config_path]
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A command, and for a resource that may exist already the command that tells:
+  `create` runs only when `exists` fails or prints nothing (describe-or-create)."""
+  create: List[str]
+  exists: Optional[List[str]] = None
+
+  def shell(self) -> str:
+    """The step as one shell line."""
+    if self.exists is None:
+      return shlex.join(self.create)
+    return f'[ -n "$({shlex.join(self.exists)} 2>/dev/null)" ] || {shlex.join(self.create)}'
 
 
-def _env(values: Dict[str, str]) -> str:
-  # gcloud's alternate delimiter syntax: values (the config JSON) contain commas.
-  return "^@^" + "@".join(f"{key}={value}" for key, value in values.items())
+def paths(settings: DeploySettings) -> Dict[str, str]:
+  """Absolute paths of the files a deployment writes under `settings.build_dir`."""
+  build = pathlib.Path(settings.build_dir).resolve()
+  return {"bundles": str(build / "functions"), "pipelines": str(build / "pipelines"),
+          "config": str(build / "deploy" / "rlops-config.json"),
+          **{f"{function.name}_env": str(build / "deploy" / f"{function.name}.env.yaml")
+             for function in FUNCTIONS}}
 
 
-def commands(config: Config, settings: DeploySettings) -> List[List[str]]:
-  """Every command, in order, from an empty project to a running loop."""
+def env_vars(config: Config, settings: DeploySettings) -> Dict[str, Dict[str, str]]:
+  """Each function's environment variables, deployed from a YAML file (`--env-vars-file`):
+  values such as the config JSON hold commas and '@', which `--set-env-vars` splits on."""
   gcp = config.gcp
-  project, region = ["--project", gcp.project], ["--region", gcp.region]
-  topic = lambda name: f"projects/{gcp.project}/topics/{name}"  # pylint: disable=unnecessary-lambda-assignment
-  config_json = config.to_json()
-  flags = config_flags(config, settings.gcp_config_path)
-  env = {
+  return {
       "logger": {"RLOPS_WAREHOUSE": gcp.warehouse},
-      "simulator": {"RLOPS_CONFIG": config_json, "RLOPS_LOG_TOPIC": topic(LOGS_TOPIC),
+      "simulator": {"RLOPS_CONFIG": config.to_json(), "RLOPS_LOG_TOPIC": _topic(gcp, LOGS_TOPIC),
                     "SIMULATOR_REQUESTS": str(settings.simulator_requests)},
-      "trigger": {"RLOPS_CONFIG": config_json, "RETRAIN_THRESHOLD": str(settings.retrain_threshold),
-                  "RETRAIN_TEMPLATE": f"{gcp.bucket.rstrip('/')}/pipelines/retrain.json"},
+      "trigger": {"RLOPS_CONFIG": config.to_json(),
+                  "RETRAIN_THRESHOLD": str(settings.retrain_threshold),
+                  "RETRAIN_TEMPLATE": retrain_template(config)},
   }
-  repository = gcp.serving_image.rsplit("/", 1)[0]
-  steps: List[List[str]] = [
-      ["gcloud", "services", "enable", *[f"{api}.googleapis.com" for api in APIS], *project],
-      ["gcloud", "storage", "buckets", "create", "gs://" + gcp.bucket[len("gs://"):].split("/")[0],
-       "--location", gcp.region, *project],
-      ["gcloud", "artifacts", "repositories", "create", repository.rsplit("/", 1)[1],
-       "--repository-format", "docker", "--location", gcp.region, *project],
-      ["gcloud", "builds", "submit", "--config", "containers/cloudbuild.yaml", "--substitutions",
-       f"_PIPELINE_IMAGE={gcp.pipeline_image},_SERVING_IMAGE={gcp.serving_image},"
-       f"_LOG_TOPIC={topic(LOGS_TOPIC)}", ".", *project],
-      ["bq", "--project_id", gcp.project, "--location", gcp.region, "mk", "--dataset",
-       f"{gcp.project}:{gcp.dataset}"],
-      ["rlops", "bigquery-init", "--gcp-config", settings.gcp_config_path],
-      ["gcloud", "ai", "endpoints", "create", "--display-name", gcp.endpoint_name, *region, *project],
+
+
+def retrain_template(config: Config) -> str:
+  return f"{config.gcp.bucket.rstrip('/')}/pipelines/retrain.json"
+
+
+def _topic(gcp, name: str) -> str:
+  """A topic's full resource name: gcloud resolves a bare name against its own project."""
+  return f"projects/{gcp.project}/topics/{name}"
+
+
+def commands(config: Config, settings: DeploySettings) -> List[Step]:
+  """Every step, in order, from an empty project to a running loop; a second run creates
+  nothing anew (the functions and images are redeployed as they are)."""
+  gcp = config.gcp
+  project, region, location = (["--project", gcp.project], ["--region", gcp.region],
+                               ["--location", gcp.region])
+  files = paths(settings)
+  account = gcp.service_account
+  repository = gcp.serving_image.split("/")[2]  # REGION-docker.pkg.dev/PROJECT/REPOSITORY/...
+  bucket = "gs://" + gcp.bucket[len("gs://"):].split("/")[0]
+  quiet = ["--format", "value(name)"]
+  steps = [
+      Step(["gcloud", "services", "enable", *[f"{api}.googleapis.com" for api in APIS], *project]),
+      Step(["gcloud", "storage", "buckets", "create", bucket, *location, *project],
+           exists=["gcloud", "storage", "buckets", "describe", bucket, *quiet, *project]),
+      Step(["gcloud", "artifacts", "repositories", "create", repository, "--repository-format",
+            "docker", *location, *project],
+           exists=["gcloud", "artifacts", "repositories", "describe", repository, *location,
+                   *quiet, *project]),
+      Step(["gcloud", "builds", "submit", "--config", str(PROJECT_ROOT / "containers" /
+                                                          "cloudbuild.yaml"),
+            "--substitutions", f"_PIPELINE_IMAGE={gcp.pipeline_image},"
+            f"_SERVING_IMAGE={gcp.serving_image},_LOG_TOPIC={_topic(gcp, LOGS_TOPIC)}",
+            *(["--service-account", f"projects/{gcp.project}/serviceAccounts/{account}"]
+              if account else []),
+            str(PROJECT_ROOT), *project]),
+      # The dataset (in the region) and tables, each unless it exists; with the
+      # application-default credentials (`gcloud auth application-default login`).
+      Step(["rlops", "bigquery-init", "--config", files["config"]]),
+      Step(["gcloud", "ai", "endpoints", "create", "--display-name", gcp.endpoint_name, *region,
+            *project],
+           exists=["gcloud", "ai", "endpoints", "list", "--filter",
+                   f"display_name={gcp.endpoint_name}", *quiet, *region, *project]),
   ]
-  steps += [["gcloud", "pubsub", "topics", "create", f.topic, *project] for f in FUNCTIONS]
+  steps += [Step(["gcloud", "pubsub", "topics", "create", _topic(gcp, f.topic), *project],
+                 exists=["gcloud", "pubsub", "topics", "describe", _topic(gcp, f.topic), *quiet,
+                         *project]) for f in FUNCTIONS]
   for function in FUNCTIONS:
-    steps.append(["gcloud", "functions", "deploy", f"rlops-{function.name}", "--gen2",
-                  "--runtime", RUNTIME, *region,
-                  "--source", os.path.join(settings.bundle_dir, function.name),
-                  "--entry-point", function.entry_point, "--trigger-topic", function.topic,
-                  "--memory", function.memory, "--set-env-vars", _env(env[function.name]),
-                  *(["--service-account", gcp.service_account] if gcp.service_account else []),
-                  *project])
+    steps.append(Step([
+        "gcloud", "functions", "deploy", f"rlops-{function.name}", "--gen2", "--runtime", RUNTIME,
+        *region, "--source", os.path.join(files["bundles"], function.name),
+        "--entry-point", function.entry_point, "--trigger-topic", function.topic,
+        "--memory", function.memory, "--env-vars-file", files[f"{function.name}_env"],
+        # The Logger acknowledges a message only once it is in BigQuery: retried on failure.
+        *(["--retry"] if function.name == "logger" else []),
+        *(["--service-account", account, "--trigger-service-account", account]
+          if account else []),
+        *project]))
   steps += [
-      ["rlops", "compile", "--target", "vertex", "--mode", "both", *flags,
-       "--output", os.path.join(settings.pipelines_dir, "rlops.json")],
-      ["gcloud", "storage", "cp", os.path.join(settings.pipelines_dir, "rlops-retrain.json"),
-       env["trigger"]["RETRAIN_TEMPLATE"], *project],
-      ["rlops", "submit", "startup", *flags,
-       "--template", os.path.join(settings.pipelines_dir, "rlops-startup.json")],
-      ["gcloud", "scheduler", "jobs", "create", "pubsub", "rlops-simulator", "--location", gcp.region,
-       "--schedule", settings.simulator_schedule, "--topic", FUNCTIONS[1].topic,
-       "--message-body", "{}", *project],
-      ["gcloud", "scheduler", "jobs", "create", "pubsub", "rlops-trigger", "--location", gcp.region,
-       "--schedule", settings.trigger_schedule, "--topic", FUNCTIONS[2].topic,
-       "--message-body", "{}", *project],
+      Step(["rlops", "compile", "both", "--config", files["config"],
+            "--output", os.path.join(files["pipelines"], "rlops.json")]),
+      Step(["gcloud", "storage", "cp", os.path.join(files["pipelines"], "rlops-retrain.json"),
+            retrain_template(config), *project]),
+      # Submits nothing once this pipeline has a run, queued, running or succeeded.
+      Step(["rlops", "submit", "startup", "--config", files["config"],
+            "--template", os.path.join(files["pipelines"], "rlops-startup.json")]),
   ]
+  for name, schedule, function in (("rlops-simulator", settings.simulator_schedule, FUNCTIONS[1]),
+                                   ("rlops-trigger", settings.trigger_schedule, FUNCTIONS[2])):
+    steps.append(Step(
+        ["gcloud", "scheduler", "jobs", "create", "pubsub", name, *location, "--schedule",
+         schedule, "--topic", _topic(gcp, function.topic), "--message-body", "{}", *project],
+        exists=["gcloud", "scheduler", "jobs", "describe", name, *location, *quiet, *project]))
   return steps
 
 
-def deploy(config: Config, settings: DeploySettings, dry_run: bool) -> List[str]:
-  """Builds the function bundles, then prints (dry run) or runs every command."""
+def write_files(config: Config, settings: DeploySettings) -> None:
+  """Writes the function bundles, their env-var files and the whole config."""
+  files = paths(settings)
   for function in FUNCTIONS:
-    build_bundle(function, str(PROJECT_ROOT / settings.bundle_dir))
-  printed = [f"cd {shlex.quote(str(PROJECT_ROOT))}"]
-  print(printed[0])
-  for command in commands(config, settings):
-    printed.append(shlex.join(command))
+    build_bundle(function, files["bundles"])
+  os.makedirs(os.path.dirname(files["config"]), exist_ok=True)
+  with open(files["config"], "w") as f:
+    f.write(config.to_json())
+  for name, values in env_vars(config, settings).items():
+    with open(files[f"{name}_env"], "w") as f:
+      yaml.safe_dump(values, f, default_flow_style=False)
+
+
+def deploy(config: Config, settings: DeploySettings, dry_run: bool) -> List[str]:
+  """Prints every step; without `dry_run` writes the files first and runs the steps.
+
+  A dry run writes nothing. A step whose resource exists is skipped.
+  """
+  if not dry_run:
+    write_files(config, settings)
+  printed = []
+  for step in commands(config, settings):
+    printed.append(step.shell())
     print(printed[-1], flush=True)
-    if not dry_run:
-      subprocess.run(command, check=True, cwd=PROJECT_ROOT)
+    if dry_run:
+      continue
+    if step.exists is not None:
+      found = subprocess.run(step.exists, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             check=False)
+      if found.returncode == 0 and found.stdout.strip():
+        continue
+    subprocess.run(step.create, check=True, cwd=PROJECT_ROOT)
   return printed

@@ -1,17 +1,21 @@
 """`rlops deploy`: the commands it would run, and the function bundles tested as deployed."""
+import concurrent.futures
+import dataclasses
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from functions import testing_utils
 from cli import deploy
+from functions import testing_utils
 from rlops import log_sinks
 from rlops import warehouse as warehouse_lib
-from rlops.config import Config, GcpConfig
+from rlops.config import AgentConfig, Config, GcpConfig
 
 GCP = GcpConfig(project="my-rlops-project", region="us-central1", bucket="gs://my-rlops-bucket",
                 dataset="rlops", endpoint_name="rlops-movielens",
@@ -29,18 +33,20 @@ import main
 entry = getattr(main, sys.argv[1])
 import functions
 bundle = os.path.realpath(os.getcwd())
-by_top_level = importlib.metadata.packages_distributions()
+
+def top_levels(dist):  # importlib.metadata.packages_distributions is new in Python 3.10.
+  declared = (dist.read_text("top_level.txt") or "").split()
+  return declared or {f.parts[0].split(".")[0] for f in dist.files or () if f.parts[0] != ".."}
+
+by_top_level = {}
+for dist in importlib.metadata.distributions():
+  for top in top_levels(dist):
+    by_top_level.setdefault(top, []).append(dist)
 
 def owner(name, origin):
-  top = name.split(".")[0]
-  for candidate in by_top_level.get(top) or [top]:  # No top_level.txt: try the same name.
-    try:
-      files = importlib.metadata.files(candidate) or []
-    except importlib.metadata.PackageNotFoundError:
-      continue
-    if any(os.path.realpath(importlib.metadata.distribution(candidate).locate_file(f)) == origin
-           for f in files):
-      return candidate
+  for dist in by_top_level.get(name.split(".")[0], []):
+    if any(os.path.realpath(dist.locate_file(f)) == origin for f in dist.files or ()):
+      return dist.metadata["Name"]
   return None
 
 direct = set()
@@ -64,28 +70,90 @@ print(json.dumps({"callable": callable(entry), "functions_file": functions.__fil
 """
 
 
-def test_dry_run_goes_from_an_empty_project_to_a_running_loop(tmp_path):
-  settings = deploy.DeploySettings(gcp_config_path="gcp.json", bundle_dir=str(tmp_path / "b"))
+def test_dry_run_goes_from_an_empty_project_to_a_running_loop(tmp_path, capsys):
+  settings = deploy.DeploySettings(build_dir=str(tmp_path / "build"))
   steps = deploy.commands(CONFIG, settings)
-  text = [shlex.join(step) for step in steps]
-  assert sum("ai endpoints create" in line for line in text) == 1  # one long-lived endpoint
-  created_topics = {step[4] for step in steps if step[:4] == ["gcloud", "pubsub", "topics", "create"]}
-  functions = [step for step in steps if step[:3] == ["gcloud", "functions", "deploy"]]
+  printed = deploy.deploy(CONFIG, settings, dry_run=True)
+  assert capsys.readouterr().out.splitlines() == printed == [step.shell() for step in steps]
+  assert not os.path.exists(tmp_path / "build")  # A dry run writes nothing.
+  files = deploy.paths(settings)
+  assert all(os.path.isabs(path) for path in files.values())
+  creates = [step.create for step in steps]
+  assert sum(c[:4] == ["gcloud", "ai", "endpoints", "create"] for c in creates) == 1
+  topics = {c[4] for c in creates if c[:4] == ["gcloud", "pubsub", "topics", "create"]}
+  assert topics == {f"projects/my-rlops-project/topics/{f.topic}" for f in deploy.FUNCTIONS}
+  functions = [c for c in creates if c[:3] == ["gcloud", "functions", "deploy"]]
   assert len(functions) == len(deploy.FUNCTIONS)
-  for function, step in zip(deploy.FUNCTIONS, functions):
-    assert step[step.index("--trigger-topic") + 1] == function.topic in created_topics
-    assert step[step.index("--entry-point") + 1] == function.entry_point
-    env = dict(item.split("=", 1) for item in step[step.index("--set-env-vars") + 1][4:].split("@"))
-    if "RLOPS_CONFIG" in env:
-      assert Config.from_json(env["RLOPS_CONFIG"]) == CONFIG
-  scheduled = [step[step.index("--topic") + 1] for step in steps if step[:3] == ["gcloud", "scheduler", "jobs"]]
-  assert set(scheduled) <= created_topics and len(scheduled) == 2
-  logger_env = functions[0][functions[0].index("--set-env-vars") + 1]
-  assert "RLOPS_WAREHOUSE=bq://my-rlops-project.rlops" in logger_env
-  template = [s for s in steps if s[:3] == ["gcloud", "storage", "cp"]][0][4]
-  assert f"RETRAIN_TEMPLATE={template}" in functions[2][functions[2].index("--set-env-vars") + 1]
-  build = [s for s in steps if s[:3] == ["gcloud", "builds", "submit"]][0]
-  assert "_LOG_TOPIC=projects/my-rlops-project/topics/rlops-logs" in build[build.index("--substitutions") + 1]
+  for function, command in zip(deploy.FUNCTIONS, functions):
+    assert f"projects/my-rlops-project/topics/{command[command.index('--trigger-topic') + 1]}" \
+        in topics
+    assert command[command.index("--entry-point") + 1] == function.entry_point
+    assert command[command.index("--env-vars-file") + 1] == files[f"{function.name}_env"]
+    assert ("--retry" in command) == (function.name == "logger")
+  scheduled = [c[c.index("--topic") + 1] for c in creates
+               if c[:3] == ["gcloud", "scheduler", "jobs"]]
+  assert set(scheduled) <= topics and len(scheduled) == 2
+  # Compile and submit get the one whole configuration.
+  rlops = [c for c in creates if c[0] == "rlops"]
+  assert [c[1] for c in rlops] == ["bigquery-init", "compile", "submit"]
+  assert all(c[c.index("--config") + 1] == files["config"] for c in rlops)
+  build = next(c for c in creates if c[:3] == ["gcloud", "builds", "submit"])
+  assert "_LOG_TOPIC=projects/my-rlops-project/topics/rlops-logs" in build[
+      build.index("--substitutions") + 1]
+  # Everything that may exist is looked up first.
+  looked_up = {tuple(step.create[:4]) for step in steps if step.exists}
+  assert looked_up == {("gcloud", "storage", "buckets", "create"),
+                       ("gcloud", "artifacts", "repositories", "create"),
+                       ("gcloud", "ai", "endpoints", "create"),
+                       ("gcloud", "pubsub", "topics", "create"),
+                       ("gcloud", "scheduler", "jobs", "create")}
+
+
+def test_written_files_hold_the_whole_config_and_env_values_with_commas_and_at_signs(tmp_path):
+  config = dataclasses.replace(CONFIG, gcp=dataclasses.replace(
+      GCP, service_account="rlops@my-rlops-project.iam.gserviceaccount.com"),
+                               agent=AgentConfig(alpha=2.5)).validate()
+  settings = deploy.DeploySettings(build_dir=str(tmp_path / "build"))
+  deploy.write_files(config, settings)
+  files = deploy.paths(settings)
+  with open(files["config"]) as f:
+    assert Config.from_json(f.read()) == config
+  with open(files["trigger_env"]) as f:
+    trigger_env = yaml.safe_load(f)
+  assert Config.from_json(trigger_env["RLOPS_CONFIG"]) == config
+  assert trigger_env["RETRAIN_TEMPLATE"] == "gs://my-rlops-bucket/pipelines/retrain.json"
+  functions = [s.create for s in deploy.commands(config, settings)
+               if s.create[:3] == ["gcloud", "functions", "deploy"]]
+  for command in functions:
+    assert command[command.index("--trigger-service-account") + 1] == config.gcp.service_account
+
+
+def _gcloud_verdict(argv, config_dir):
+  """gcloud's answer to a command without credentials: 'parsed' once it got past parsing."""
+  result = subprocess.run(
+      argv, capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+      env={**os.environ, "CLOUDSDK_CONFIG": str(config_dir), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
+  if result.returncode == 1 and "do not currently have an active account" in result.stderr:
+    return "parsed"
+  return f"exit {result.returncode}: {result.stderr.strip()[:400]}"
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None,
+                    reason="the Cloud CLI (gcloud) is not installed")
+def test_every_gcloud_command_parses(tmp_path):
+  """gcloud rejects bad syntax (exit 2) before it asks for credentials: with an empty
+  configuration directory every well-formed command stops at the missing account."""
+  settings = deploy.DeploySettings(build_dir=str(tmp_path / "build"))
+  config = dataclasses.replace(CONFIG, gcp=dataclasses.replace(
+      GCP, service_account="rlops@my-rlops-project.iam.gserviceaccount.com")).validate()
+  deploy.write_files(config, settings)  # --env-vars-file is read while parsing.
+  argvs = []
+  for step in deploy.commands(config, settings):
+    argvs += [argv for argv in (step.exists, step.create) if argv and argv[0] == "gcloud"]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    verdicts = list(pool.map(lambda argv: _gcloud_verdict(argv, tmp_path / "gcloud"), argvs))
+  assert {shlex.join(a): v for a, v in zip(argvs, verdicts) if v != "parsed"} == {}
+  assert len(argvs) >= 15
 
 
 @pytest.mark.parametrize("function", deploy.FUNCTIONS, ids=lambda f: f.name)

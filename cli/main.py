@@ -1,109 +1,56 @@
 """The `rlops` command line."""
 import argparse
-import dataclasses
+import importlib.metadata
 import json
+import logging
 import os
 import pathlib
+import shutil
 import sys
 import warnings
 from typing import List, Optional
 
-from rlops import movielens
-from rlops.config import (AGENT_NAMES, EXPLORATION_RULES, AgentConfig, Config, ConfigError,
-                          DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig)
-
+from cli import options
+from cli.options import WorkdirError, config_from_args
+from rlops import movielens, workdirs
+from rlops.config import Config, ConfigError
 
 # Startup samples of the demo: few, so that the loop visibly learns from its own logs.
 COLD_START_SAMPLES = 300
 
 
 def _quiet_known_noise() -> None:
-  """Silences what the libraries print on import that is no news to a user: TensorFlow's
-  C++ start-up logs and the Google clients' deprecation notices about their own
-  Python and grpcio support."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  """Silences what the libraries print that is no news to a user, where it is made:
+  TensorFlow's C++ start-up logs (CUDA factories on a machine without a GPU), the
+  Google clients' notices about their own Python and grpcio support, TF-Agents'
+  SyntaxWarnings, Gym's notice (TF-Agents imports Gym), and the warnings TFX, Beam
+  and TensorFlow log about their internals, and TensorFlow's notice that a saved
+  policy's distribution needs TensorFlow Probability to load (it is installed). Errors still show, one line each."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
+  warnings.filterwarnings("ignore", category=SyntaxWarning, message=r'"is( not)?" with a literal')
+  warnings.filterwarnings("ignore", category=UserWarning,
+                          message="Encoding a StructuredValue with type tfp.distributions")
+  import gym_notices.notices  # pylint: disable=import-outside-toplevel
+  gym_notices.notices.notices.clear()
+  # The root handler, before any library's logging.basicConfig (which then does nothing).
+  handler = logging.StreamHandler()
+  handler.setLevel(logging.ERROR)
+  handler.setFormatter(logging.Formatter("rlops: %(name)s: %(message)s"))
+  logging.getLogger().addHandler(handler)
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-  defaults = Config()
-  parser.add_argument("--workdir", default=defaults.workdir, help="where outputs go (default: %(default)s)")
-  parser.add_argument("--data", default=None,
-                      help="ml-100k/ folder, its zip, or u.data (default: seeded generated ratings)")
-  parser.add_argument("--data-seed", type=int, default=defaults.data.seed)
-  parser.add_argument("--agent", default=defaults.agent.name, choices=AGENT_NAMES)
-  parser.add_argument("--alpha", type=float, default=None,
-                      help="LinUCB/LinTS exploration (default: 10 for linucb, 1 for lints)")
-  parser.add_argument("--epsilon", type=float, default=defaults.agent.epsilon,
-                      help="exploration of the epsilon_greedy rule and of the neural agent "
-                           "(default: %(default)s)")
-  parser.add_argument("--exploration", default=defaults.agent.exploration,
-                      choices=EXPLORATION_RULES,
-                      help="serving-policy rule; inverse_gap explores less as the model learns "
-                           "(default: %(default)s)")
-  parser.add_argument("--gamma-scale", type=float, default=defaults.agent.gamma_scale,
-                      help="inverse_gap: gamma = gamma_scale * sqrt(records trained on) "
-                           "(default: %(default)s)")
-  parser.add_argument("--propensity-floor", type=float, default=defaults.agent.propensity_floor,
-                      help="least serving probability of any movie, at most 1/num_movies "
-                           "(default: %(default)s)")
-  parser.add_argument("--forgetting", type=float, default=defaults.agent.forgetting,
-                      help="linear agents' forgetting factor per training batch, in (0, 1]; "
-                           "1 keeps all data (default: %(default)s)")
-  parser.add_argument("--num-movies", type=int, default=defaults.environment.num_movies)
-  parser.add_argument("--rank-k", type=int, default=defaults.environment.rank_k)
-  parser.add_argument("--batch-size", type=int, default=defaults.environment.batch_size)
-  parser.add_argument("--seed", type=int, default=defaults.environment.seed)
-  parser.add_argument("--samples", type=int, default=defaults.pipeline.samples,
-                      help="samples to simulate or generate (default: %(default)s)")
-  parser.add_argument("--gate-tolerance", type=float, default=defaults.pipeline.gate_tolerance)
-  parser.add_argument("--no-warm-start", action="store_true",
-                      help="retrain from scratch instead of from the latest blessed model")
-
-
-_GCP_OPTIONS = ("project", "region", "bucket", "dataset", "endpoint_name", "pipeline_image",
-                "serving_image", "service_account")
-
-
-def _add_gcp_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--gcp-config", default=None,
-                      help="JSON file of the gcp settings (GcpConfig fields); options below override it")
-  for name in _GCP_OPTIONS:
-    parser.add_argument(f"--{name.replace('_', '-')}", default=None)
-
-
-def gcp_from_args(args: argparse.Namespace) -> GcpConfig:
-  """GcpConfig from --gcp-config and the individual options; raises ConfigError."""
-  fields = {}
-  if args.gcp_config:
-    try:
-      with open(args.gcp_config) as f:
-        fields = json.load(f)
-    except (OSError, ValueError) as error:
-      raise ConfigError(f"cannot read --gcp-config {args.gcp_config}: {error}") from error
-  fields.update({name: getattr(args, name) for name in _GCP_OPTIONS if getattr(args, name)})
+def _check_data(config: Config) -> None:
+  """Loads the ratings before any work starts: bad files and too few movies fail here."""
+  from rlops import simulation  # pylint: disable=import-outside-toplevel
+  ratings = movielens.ratings_from_config(config.data)
+  if ratings.num_movies < config.environment.num_movies:
+    raise ConfigError(f"{ratings.source} has ratings of {ratings.num_movies} movies: "
+                      f"--num-movies {config.environment.num_movies} needs as many")
   try:
-    gcp = GcpConfig(**fields)
-  except TypeError as error:
-    raise ConfigError(f"gcp settings: {error} (give them as options or in --gcp-config)") from error
-  gcp.validate()
-  return gcp
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-  """The validated `Config` of parsed arguments; raises ConfigError."""
-  return Config(
-      data=DataConfig(path=args.data, seed=args.data_seed),
-      environment=EnvironmentConfig(num_movies=args.num_movies, rank_k=args.rank_k,
-                                    batch_size=args.batch_size, seed=args.seed),
-      agent=AgentConfig(name=args.agent, alpha=args.alpha, epsilon=args.epsilon,
-                        exploration=args.exploration, gamma_scale=args.gamma_scale,
-                        propensity_floor=args.propensity_floor, forgetting=args.forgetting),
-      pipeline=PipelineConfig(samples=args.samples, gate_tolerance=args.gate_tolerance,
-                              warm_start=not args.no_warm_start),
-      workdir=args.workdir,
-      gcp=gcp_from_args(args) if hasattr(args, "gcp_config") else None,
-  ).validate()
+    simulation.MovieLensModel(ratings, config.environment.num_movies, config.environment.rank_k)
+  except ValueError as error:
+    raise ConfigError(str(error)) from error
 
 
 def _train(config: Config, samples: int) -> dict:
@@ -152,6 +99,7 @@ def _print_train_report(report: dict, workdir: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
   config = config_from_args(args)
+  _check_data(config)
   _print_train_report(_train(config, config.pipeline.samples), config.workdir)
   return 0
 
@@ -166,7 +114,8 @@ def _print_run(result: dict) -> None:
     return
   evaluation = result["evaluation"]
   candidate, baseline = evaluation["candidate"], evaluation["baseline"]
-  warm = result.get("warm_started_from") or "nothing (from scratch)"
+  warm = (f"model {result['warm_started_from_model']}" if result.get("warm_started_from_model")
+          else "nothing (from scratch)")
   print(f"  trained: {result['agent']} model {result['model_id']} on {result['samples']} records, "
         f"warm-started from {warm}")
   print(f"  estimates on {evaluation['eval_records']} held-out records (95% bootstrap intervals):")
@@ -181,21 +130,54 @@ def _print_run(result: dict) -> None:
   print(f"  pushed to: {result['pushed_destination']}" if result.get("pushed") else "  not pushed")
 
 
+def _print_component(node_id: str, seconds: float) -> None:
+  print(f"  {node_id:32s} {seconds:6.1f} s", flush=True)
+
+
+def _start_workdir(config: Config, force: bool) -> Config:
+  """Checks that `config.workdir` may take a startup run and remembers the configuration.
+
+  A used workdir is refused unless `force`, which clears it first.
+  """
+  if options.remembered(config.workdir) is not None or (
+      os.path.isdir(config.workdir) and os.listdir(config.workdir)):
+    if not force:
+      raise WorkdirError(f"{config.workdir} is not empty: a second startup would replace what it "
+                         "serves. Use another --workdir, or --force to clear it")
+    if options.remembered(config.workdir) is None:
+      raise WorkdirError(f"--force clears only a workdir of rlops: {config.workdir} has other files")
+    shutil.rmtree(config.workdir)
+  if config.data.path:
+    config = config.replace(data={"path": os.path.abspath(config.data.path)})
+  options.remember(config)
+  return config
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-  config = config_from_args(args)
+  startup = args.mode == "startup"
+  config = config_from_args(args, starts_workdir=startup)
+  _check_data(config)
+  if startup:
+    config = _start_workdir(config, args.force)
+  elif options.remembered(config.workdir) is None:
+    raise WorkdirError(f"{config.workdir} has no startup run: run `rlops pipeline startup "
+                       f"--workdir {config.workdir}` first")
   from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  _print_run(local_runner.run(config, args.mode))
+  print(f"{args.mode} pipeline in {config.workdir}:", flush=True)
+  _print_run(local_runner.run(config, args.mode, on_component=_print_component))
   return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
   """The whole local loop: startup pipeline, endpoint, rounds of traffic, retrainings."""
-  config = config_from_args(args)
+  config = config_from_args(args, starts_workdir=True)
   for name in ("rounds", "requests", "threshold"):
     if getattr(args, name) < 1:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
   if args.drift_at_round is not None and not 2 <= args.drift_at_round <= args.rounds:
     raise ConfigError(f"--drift-at-round must be between 2 and --rounds, got {args.drift_at_round}")
+  _check_data(config)
+  config = _start_workdir(config, args.force)
   from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
                          threshold=args.threshold, drift_at_round=args.drift_at_round)
@@ -212,8 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
   settings = [offline_evaluation.parse_setting(text, config.agent)
               for text in (args.setting or [""])]
   from rlops import plots, warehouse  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  store = warehouse.Warehouse(local_runner.LocalPaths(config.workdir).warehouse)
+  store = warehouse.Warehouse(workdirs.LocalPaths(config.workdir).warehouse)
   try:
     records = store.rewarded_records()
   finally:
@@ -247,22 +228,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
   if args.logger_url:
     return log_sinks.CloudEventSink(args.logger_url)
-  return log_sinks.InProcessSink(local_runner.LocalPaths(config.workdir).warehouse)
+  return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  import uvicorn  # pylint: disable=import-outside-toplevel
-  from rlops import server  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  app = server.create_app(args.model or local_runner.LocalPaths(config.workdir).serving,
-                          _sink(args, config),
-                          outbox_path=os.path.join(config.workdir, "outbox.jsonl"))
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-  return 0
+  if args.workers < 1:
+    raise ConfigError(f"--workers must be positive, got {args.workers}")
+  from rlops import model_io  # pylint: disable=import-outside-toplevel
+  paths = workdirs.LocalPaths(config.workdir)
+  model_dir = args.model or paths.serving
+  if not os.path.isdir(model_dir):
+    raise WorkdirError(f"no model at {model_dir}: run `rlops pipeline startup` first, or pass "
+                       "--model a pushed model directory")
+  if not os.path.exists(os.path.join(model_dir, model_io.METADATA_FILE)):
+    try:
+      version = model_io.latest_version(model_dir)
+    except FileNotFoundError as error:
+      raise WorkdirError(str(error)) from error
+    print(f"serving {model_dir} (newest version {version}) at "
+          f"http://{args.host}:{args.port}/predict", flush=True)
+  from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE"):
+    os.environ.pop(name, None)
+  os.environ.update({
+      "AIP_STORAGE_URI": model_dir, "AIP_HTTP_PORT": str(args.port),
+      "RLOPS_HOST": args.host, "RLOPS_WORKERS": str(args.workers),
+      "RLOPS_OUTBOX": paths.outbox,
+      **({"RLOPS_LOG_URL": args.logger_url} if args.logger_url
+         else {"RLOPS_WAREHOUSE": paths.warehouse})})
+  return server.main()
+
+
+def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  from rlops.serving import outbox  # pylint: disable=import-outside-toplevel
+  files = args.path or sorted(str(path) for path in pathlib.Path(config.workdir).glob(
+      "outbox*" + outbox.dead_letter_path(".jsonl")))
+  sink = _sink(args, config)
+  counts = {path: outbox.replay_dead_letters(path, sink) for path in files}
+  print(json.dumps(counts, indent=2))
+  return 0 if all(count["rejected"] == 0 for count in counts.values()) else 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -304,7 +312,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     raise ConfigError("a retraining dry run needs --span, --window-begin and --window-end "
                       "(a real submission reads the last trained window from Vertex ML Metadata)")
   else:
-    window = windows.next_window(vertex_runner.last_trained_window(config.gcp))
+    window = windows.next_window(
+        vertex_runner.last_trained_window(config.gcp, config.pipeline.name),
+        lateness=config.pipeline.feedback_lateness)
     if window is None:
       raise ConfigError("no whole second has passed since the last trained window ended")
   request = vertex_runner.job_request(config.gcp, config.pipeline.name, args.template, args.mode,
@@ -312,16 +322,22 @@ def _cmd_submit(args: argparse.Namespace) -> int:
   if args.dry_run:
     print(vertex_runner.describe(request))
     return 0
-  if args.mode == "retrain" and vertex_runner.running_jobs(config.gcp, config.pipeline.name, "retrain"):
-    raise ConfigError("a retraining run is queued or running: not submitting another")
+  running = vertex_runner.running_jobs(config.gcp, config.pipeline.name)
+  if args.mode == windows.STARTUP and (
+      running or vertex_runner.last_trained_window(config.gcp, config.pipeline.name)):
+    print("not submitted: this pipeline has run already (startup runs once)")
+    return 0
+  if running:
+    raise ConfigError("a run of this pipeline is queued or running: not submitting another")
   print(f"submitted {vertex_runner.submit(request)}")
   return 0
 
 
 def _cmd_bigquery_init(args: argparse.Namespace) -> int:
-  gcp = gcp_from_args(args)
+  gcp = options.gcp_from_args(args)
   from rlops import bigquery  # pylint: disable=import-outside-toplevel
-  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset)
+  bigquery.ensure_tables(bigquery.make_client(gcp.project), gcp.project, gcp.dataset,
+                         location=gcp.region)
   print(f"tables predictions and feedback exist in {gcp.project}.{gcp.dataset}")
   return 0
 
@@ -329,50 +345,54 @@ def _cmd_bigquery_init(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from cli import deploy  # pylint: disable=import-outside-toplevel
-  gcp_path = args.gcp_config
-  if not gcp_path:
-    gcp_path = os.path.join("build", "gcp.json")
-    os.makedirs("build", exist_ok=True)
-    with open(gcp_path, "w") as f:
-      json.dump(dataclasses.asdict(config.gcp), f, indent=2)
   settings = deploy.DeploySettings(
       simulator_schedule=args.simulator_schedule, simulator_requests=args.simulator_requests,
-      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold,
-      gcp_config_path=gcp_path)
+      trigger_schedule=args.trigger_schedule, retrain_threshold=args.retrain_threshold)
   deploy.deploy(config, settings, dry_run=args.dry_run)
   return 0
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
-  path = local_runner.LocalPaths(args.workdir).metadata
+  from tfx_pipeline import metadata  # pylint: disable=import-outside-toplevel
+  path = workdirs.LocalPaths(args.workdir).metadata
   if not os.path.exists(path):
-    raise ConfigError(f"no pipeline metadata at {path}: run `rlops pipeline startup` first")
+    raise WorkdirError(f"no pipeline metadata at {path}: run `rlops pipeline startup` first")
   store = metadata.connect(path)
   if args.model == "latest":
     model = metadata.latest_pushed_model(store)
     if model is None:
-      raise ConfigError(f"no pushed model in {path}")
+      raise WorkdirError(f"no pushed model in {path}")
   else:
-    found = store.get_artifacts_by_id([int(args.model)])
-    if not found:
-      raise ConfigError(f"no artifact {args.model} in {path}")
-    model = found[0]
+    if not args.model.isascii() or not args.model.isdigit():
+      raise ConfigError(f"--model is 'latest' or a Model artifact id, got {args.model!r}")
+    models = [m for m in metadata.artifacts_of_type(store, "Model") if m.id == int(args.model)]
+    if not models:
+      raise WorkdirError(f"no Model artifact with id {args.model} in {path}")
+    model = models[0]
   chain = metadata.lineage(store, model)
+  if args.graph:
+    from rlops import plots  # pylint: disable=import-outside-toplevel
+    plots.lineage_graph(chain, args.graph)
+  if args.json:
+    print(json.dumps(chain, indent=2, sort_keys=True))
+    return 0
+  from tfx_pipeline import windows  # pylint: disable=import-outside-toplevel
   for depth, link in enumerate(chain):
     indent = "  " * depth
     m, outcome = link["model"], link["outcome"]
     print(f"{indent}model {m['id']} ({m.get('agent')}, {m.get('samples')} records) {m['uri']}")
     print(f"{indent}  blessed: {outcome.get('blessed')}, pushed: {outcome.get('pushed_destination')}")
-    print(f"{indent}  trained on examples {link['examples']['id']} span {link['examples']['span']} "
-          f"{link['examples']['uri']}")
+    print(f"{indent}  trained on examples {link['examples']['id']} (span {link['examples']['span']}, "
+          f"records logged before {windows.iso(m['window_end'])}) {link['examples']['uri']}")
     print(f"{indent}  pipeline run {link['pipeline_run']}")
     if link["generator"]:
       g = link["generator"]
       print(f"{indent}  generator execution {g['execution_id']}: {g.get('record_count')} records "
-            f"by {g.get('logging_policy')} at {g.get('event_time')}")
+            f"by {g.get('logging_policy')} at {windows.iso(g['event_time'])}")
     if depth + 1 < len(chain):
       print(f"{indent}  warm-started from:")
+  if args.graph:
+    print(f"graph: {args.graph}")
   return 0
 
 
@@ -395,24 +415,27 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="rlops", description="Contextual-bandit movie recommender with a closed MLOps loop.")
+  parser.add_argument("--version", action="version",
+                      version=f"%(prog)s {importlib.metadata.version('rlops')}")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   demo = commands.add_parser("demo", help="run the whole local loop on embedded defaults: startup "
                               "pipeline, endpoint, simulated traffic, triggered retrainings")
-  _add_config_arguments(demo)
+  options.add_config_arguments(demo, samples=COLD_START_SAMPLES)
   demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,
                     help="simulated requests per round (default: %(default)s)")
   demo.add_argument("--threshold", type=int, default=1500,
                     help="new rewarded records that trigger a retraining (default: %(default)s)")
+  demo.add_argument("--force", action="store_true",
+                    help="clear a workdir of an earlier run first (default: refuse a used workdir)")
   demo.add_argument("--drift-at-round", type=int, default=None,
                     help="round from which the users' preferences shift (default: no drift)")
-  # A cold start: round 1 serves a weak model, and the rounds show the loop improving it.
-  demo.set_defaults(handler=_cmd_demo, samples=COLD_START_SAMPLES)
+  demo.set_defaults(handler=_cmd_demo)
 
   evaluate = commands.add_parser(
       "evaluate", help="rank learning settings offline on the warehouse's logged records")
-  _add_config_arguments(evaluate)
+  options.add_config_arguments(evaluate)
   evaluate.add_argument("--setting", action="append", default=None,
                         help="a candidate as AgentConfig fields over the options above, e.g. "
                              "name=lints,alpha=0.5 or exploration=inverse_gap,gamma_scale=50; "
@@ -425,87 +448,127 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.set_defaults(handler=_cmd_evaluate)
 
   serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
-  _add_config_arguments(serve)
+  options.add_config_arguments(serve)
   serve.add_argument("--model", default=None,
                      help="model directory or Pusher base directory (default: WORKDIR/serving)")
-  serve.add_argument("--host", default="127.0.0.1")
-  serve.add_argument("--port", type=int, default=8080)
+  serve.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default: %(default)s, this machine only)")
+  serve.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+  serve.add_argument("--workers", type=int, default=1,
+                     help="server processes sharing the port, each with its own outbox "
+                          "WORKDIR/outbox-<i>.jsonl (default: %(default)s, WORKDIR/outbox.jsonl)")
   serve.add_argument("--logger-url", default=None,
                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
   serve.set_defaults(handler=_cmd_serve)
 
+  replay = commands.add_parser(
+      "replay-dead-letters",
+      help="deliver the prediction logs the warehouse rejected again (after a fix)")
+  options.add_config_arguments(replay)
+  replay.add_argument("path", nargs="*",
+                      help="dead-letter files (default: WORKDIR/outbox*.jsonl.dead.jsonl)")
+  replay.add_argument("--logger-url", default=None,
+                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+  replay.set_defaults(handler=_cmd_replay_dead_letters)
+
   simulate = commands.add_parser("simulate", help="send simulated users' requests and their feedback")
-  _add_config_arguments(simulate)
-  simulate.add_argument("--url", default="http://127.0.0.1:8080/predict")
-  simulate.add_argument("--requests", type=int, default=1000)
+  options.add_config_arguments(simulate)
+  simulate.add_argument("--url", default="http://127.0.0.1:8080/predict",
+                        help="the endpoint's predict URL (default: %(default)s)")
+  simulate.add_argument("--requests", type=int, default=1000,
+                        help="requests to send (default: %(default)s)")
   simulate.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast as answered)")
   simulate.add_argument("--logger-url", default=None,
                         help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
   simulate.set_defaults(handler=_cmd_simulate)
 
   train = commands.add_parser("train", help="train an agent online on the MovieLens simulation")
-  _add_config_arguments(train)
+  options.add_config_arguments(train)
   train.set_defaults(handler=_cmd_train)
 
   pipeline = commands.add_parser("pipeline", help="run the TFX pipeline locally (LocalDagRunner)")
-  pipeline.add_argument("mode", choices=("startup", "retrain"))
-  _add_config_arguments(pipeline)
+  pipeline.add_argument("mode", choices=("startup", "retrain"),
+                        help="startup: generate, train and push the first model in a new "
+                             "workdir; retrain: train on the records since the last window")
+  options.add_config_arguments(pipeline)
+  pipeline.add_argument("--force", action="store_true",
+                        help="startup: clear a workdir of an earlier run first")
   pipeline.set_defaults(handler=_cmd_pipeline)
 
   compile_ = commands.add_parser("compile", help="compile the pipelines for Vertex Pipelines")
-  compile_.add_argument("--mode", choices=("startup", "retrain", "both"), default="both")
+  compile_.add_argument("mode", nargs="?", choices=("startup", "retrain", "both"),
+                        default="both", help="which pipeline(s) (default: %(default)s)")
   compile_.add_argument("--output", required=True,
                         help="pipeline JSON; with --mode both, -startup and -retrain are added")
-  _add_config_arguments(compile_)
-  _add_gcp_arguments(compile_)
+  options.add_config_arguments(compile_)
+  options.add_gcp_arguments(compile_)
   compile_.set_defaults(handler=_cmd_compile)
 
   submit = commands.add_parser("submit", help="submit a compiled pipeline to Vertex Pipelines")
-  submit.add_argument("mode", choices=("startup", "retrain"))
+  submit.add_argument("mode", choices=("startup", "retrain"), help="which pipeline")
   submit.add_argument("--template", required=True, help="compiled pipeline JSON (local or gs://)")
   submit.add_argument("--dry-run", action="store_true", help="print exactly what would be sent")
   submit.add_argument("--cache", action="store_true", help="enable Vertex caching (default: off)")
-  submit.add_argument("--span", type=int, default=1)
-  submit.add_argument("--window-begin", type=float, default=0.0)
+  submit.add_argument("--span", type=int, default=1,
+                      help="span number of the window, with --window-end (default: %(default)s)")
+  submit.add_argument("--window-begin", type=float, default=0.0,
+                      help="window start, Unix seconds, with --window-end (default: %(default)s)")
   submit.add_argument("--window-end", type=float, default=None,
                       help="default: startup [0, now); retrain after the last trained window")
-  _add_config_arguments(submit)
-  _add_gcp_arguments(submit)
+  options.add_config_arguments(submit)
+  options.add_gcp_arguments(submit)
   submit.set_defaults(handler=_cmd_submit)
 
   deploy = commands.add_parser("deploy", help="deploy the production loop on Google Cloud "
                                 "(topics, tables, functions, schedules, endpoint, pipelines)")
   deploy.add_argument("--dry-run", action="store_true", help="print the commands, run none")
-  deploy.add_argument("--simulator-schedule", default="*/5 * * * *")
-  deploy.add_argument("--simulator-requests", type=int, default=200)
-  deploy.add_argument("--trigger-schedule", default="*/15 * * * *")
-  deploy.add_argument("--retrain-threshold", type=int, default=1000)
-  _add_config_arguments(deploy)
-  _add_gcp_arguments(deploy)
+  deploy.add_argument("--simulator-schedule", default="*/5 * * * *",
+                      help="cron schedule of the Simulator (default: %(default)s)")
+  deploy.add_argument("--simulator-requests", type=int, default=200,
+                      help="requests per Simulator run (default: %(default)s)")
+  deploy.add_argument("--trigger-schedule", default="*/15 * * * *",
+                      help="cron schedule of the Trigger (default: %(default)s)")
+  deploy.add_argument("--retrain-threshold", type=int, default=1000,
+                      help="new rewarded records that start a retraining (default: %(default)s)")
+  options.add_config_arguments(deploy)
+  options.add_gcp_arguments(deploy)
   deploy.set_defaults(handler=_cmd_deploy)
 
   bigquery_init = commands.add_parser(
       "bigquery-init", help="create the BigQuery dataset and tables if missing (idempotent)")
-  _add_gcp_arguments(bigquery_init)
+  options.add_gcp_arguments(bigquery_init)
   bigquery_init.set_defaults(handler=_cmd_bigquery_init)
 
   lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
-  lineage.add_argument("--model", default="latest", help="'latest' pushed, or an artifact id")
-  lineage.add_argument("--workdir", default=Config().workdir)
+  lineage.add_argument("--model", default="latest",
+                       help="'latest' pushed, or a Model artifact id (default: %(default)s)")
+  lineage.add_argument("--workdir", default=Config().workdir,
+                       help="the workdir of the runs (default: %(default)s)")
+  lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+  lineage.add_argument("--graph", default=None, metavar="PNG",
+                       help="also draw the chain as a picture into this PNG file")
   lineage.set_defaults(handler=_cmd_lineage)
 
   data = commands.add_parser("data", help="MovieLens data: generate, download, describe")
   data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
   generate = data_commands.add_parser("generate", help="write seeded MovieLens-100K-shaped u.data")
-  generate.add_argument("--seed", type=int, default=0)
-  generate.add_argument("--output", default="rlops-work/data/u.data")
+  generate.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+  generate.add_argument("--output", default="rlops-work/data/u.data",
+                        help="file to write (default: %(default)s)")
   download = data_commands.add_parser("download", help="download and extract the MovieLens zip")
   download.add_argument("--url", default=movielens.DEFAULT_URL, help="zip URL (default: %(default)s)")
-  download.add_argument("--dest", default="rlops-work/data")
+  download.add_argument("--dest", default="rlops-work/data",
+                        help="folder to extract into (default: %(default)s)")
   describe = data_commands.add_parser("describe", help="statistics of a ratings file")
-  describe.add_argument("path")
+  describe.add_argument("path", help="ml-100k/ folder, its zip, or u.data")
   data.set_defaults(handler=_cmd_data)
   return parser
+
+
+# Exit codes: what went wrong, for scripts.
+EXIT_CONFIGURATION = 2
+EXIT_DATA = 3
+EXIT_WORKDIR = 4
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -515,10 +578,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     return args.handler(args)
   except ConfigError as error:
     print(f"rlops: configuration error: {error}", file=sys.stderr)
-    return 2
+    return EXIT_CONFIGURATION
   except movielens.DataError as error:
-    print(f"rlops: error: {error}", file=sys.stderr)
-    return 1
+    print(f"rlops: data error: {error}", file=sys.stderr)
+    return EXIT_DATA
+  except WorkdirError as error:
+    print(f"rlops: workdir error: {error}", file=sys.stderr)
+    return EXIT_WORKDIR
 
 
 if __name__ == "__main__":

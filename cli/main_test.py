@@ -1,13 +1,18 @@
 """Tests of the `rlops` command line, as a user runs it."""
 import json
-import re
+import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 from cli import main as cli
+from cli import options
+from rlops import workdirs
+from rlops.config import Config
+from tfx_pipeline import metadata
 
 RLOPS = str(pathlib.Path(sys.executable).parent / "rlops")
 
@@ -35,7 +40,7 @@ def test_bad_configuration_fails_before_any_work(tmp_path, capsys, command, argu
 def test_malformed_data_file_is_reported(tmp_path, capsys):
   bad = tmp_path / "u.data"
   bad.write_text("1\t2\t3\n")
-  assert cli.main(["train", "--data", str(bad), "--workdir", str(tmp_path / "w")]) == 1
+  assert cli.main(["train", "--data", str(bad), "--workdir", str(tmp_path / "w")]) == 3
   assert f"{bad}:1: expected 4 tab-separated columns" in capsys.readouterr().err
 
 
@@ -60,3 +65,96 @@ def test_data_describe(tmp_path, capsys):
   assert cli.main(["data", "describe", str(ratings)]) == 0
   stats = json.loads(capsys.readouterr().out)
   assert stats["ratings"] == 100_000 and stats["users"] == 943
+
+
+def _one_line_reason(capsys, kind: str) -> str:
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and err.startswith(f"rlops: {kind}: "), err
+  return err
+
+
+@pytest.mark.parametrize("content", ["", "garbage that is not u.data\n"])
+def test_a_bad_data_file_is_refused_before_any_work(tmp_path, capsys, content):
+  data, workdir = tmp_path / "u.data", tmp_path / "work"
+  data.write_text(content)
+  assert cli.main(["pipeline", "startup", "--data", str(data), "--workdir", str(workdir)]) == 3
+  assert str(data) in _one_line_reason(capsys, "data error")
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("arguments, reason", [
+    (["--num-movies", "2000"], "has ratings of 1682 movies: --num-movies 2000 needs as many"),
+    (["--data", "FIVE_MOVIES", "--rank-k", "5"], "has ratings of 5 movies: --num-movies 20"),
+])
+def test_more_movies_than_the_data_rates_is_refused(tmp_path, capsys, arguments, reason):
+  five = tmp_path / "u.data"
+  five.write_text("".join(f"{user}\t{movie}\t4\t0\n" for user in range(1, 30)
+                          for movie in range(1, 6)))
+  arguments = [str(five) if a == "FIVE_MOVIES" else a for a in arguments]
+  workdir = tmp_path / "work"
+  assert cli.main(["pipeline", "startup", "--workdir", str(workdir), *arguments]) == 2
+  assert reason in _one_line_reason(capsys, "configuration error")
+  assert not workdir.exists()
+
+
+def test_workdir_state_is_checked_before_any_work(tmp_path, capsys):
+  fresh = tmp_path / "fresh"
+  assert cli.main(["pipeline", "retrain", "--workdir", str(fresh)]) == 4
+  assert "has no startup run" in _one_line_reason(capsys, "workdir error")
+  assert cli.main(["serve", "--workdir", str(fresh), "--model", str(tmp_path / "nothing")]) == 4
+  assert "no model at" in _one_line_reason(capsys, "workdir error")
+  assert not fresh.exists()
+
+  a_file = tmp_path / "a-file"
+  a_file.write_text("")
+  assert cli.main(["pipeline", "startup", "--workdir", str(a_file / "work")]) == 4
+  assert "is not a folder" in _one_line_reason(capsys, "workdir error")
+
+  used = tmp_path / "used"
+  options.remember(Config(workdir=str(used)))
+  assert cli.main(["pipeline", "startup", "--workdir", str(used)]) == 4
+  assert "--force" in _one_line_reason(capsys, "workdir error")
+  assert cli.main(["pipeline", "retrain", "--workdir", str(used), "--agent", "lints"]) == 2
+  assert "--agent lints (it has linucb)" in _one_line_reason(capsys, "configuration error")
+  assert os.listdir(used) == [os.path.basename(workdirs.LocalPaths(str(used)).config)]
+
+
+def test_lineage_and_submit_arguments_are_checked(tmp_path, capsys):
+  assert cli.main(["lineage", "--workdir", str(tmp_path), "--model", "abc"]) == 4
+  assert "no pipeline metadata" in _one_line_reason(capsys, "workdir error")
+  metadata.connect(str(tmp_path / "metadata.sqlite"))
+  assert cli.main(["lineage", "--workdir", str(tmp_path), "--model", "abc"]) == 2
+  assert "--model is 'latest' or a Model artifact id" in _one_line_reason(
+      capsys, "configuration error")
+  assert cli.main(["lineage", "--workdir", str(tmp_path), "--model", "2"]) == 4
+  assert "no Model artifact with id 2" in _one_line_reason(capsys, "workdir error")
+
+  gcp = ["--project", "my-rlops-project", "--region", "us-central1", "--bucket", "gs://b-rlops",
+         "--dataset", "rlops", "--endpoint-name", "rlops", "--pipeline-image", "r/pipeline:1",
+         "--serving-image", "r/serving:1", "--workdir", str(tmp_path / "w")]
+  assert cli.main(["submit", "retrain", "--template", "t.json", "--dry-run", "--window-begin",
+                   "100", "--window-end", "50", *gcp]) == 2
+  assert "a window needs finite begin < end" in _one_line_reason(capsys, "configuration error")
+  assert cli.main(["submit", "startup", "--template", "t.json", "--dry-run",
+                   "--workdir", str(tmp_path / "w")]) == 2
+  assert "missing gcp setting(s): --project, --region" in _one_line_reason(
+      capsys, "configuration error")
+
+
+def test_version():
+  result = subprocess.run([RLOPS, "--version"], capture_output=True, text=True, timeout=60,
+                          check=True)
+  assert re.fullmatch(r"rlops \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, capsys):
+  row = {"request_id": "r1", "event_time": 1.0, "observation": [0.5], "action": 1,
+         "propensity": 0.5, "model_version": "1", "source": "endpoint"}
+  dead = tmp_path / "outbox-0.jsonl.dead.jsonl"
+  dead.write_text(json.dumps({"row": row, "reason": "warehouse was read-only"}) + "\n"
+                  + json.dumps({"row": {**row, "request_id": "r2", "propensity": 2.0},
+                                "reason": "propensity must be in (0, 1]"}) + "\n")
+  assert cli.main(["replay-dead-letters", "--workdir", str(tmp_path)]) == 1
+  assert json.loads(capsys.readouterr().out) == {str(dead): {"delivered": 1, "rejected": 1}}
+  assert [json.loads(line)["row"]["request_id"] for line in dead.read_text().splitlines()] == [
+      "r2"]

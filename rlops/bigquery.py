@@ -16,7 +16,7 @@ about 30 minutes). `rlops.warehouse.open_warehouse` picks this or the SQLite war
 import json
 import math
 import re
-from typing import Iterable, Iterator, List, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from google.api_core import exceptions
 from google.cloud import bigquery
@@ -58,7 +58,8 @@ def _columns(schema: List[bigquery.SchemaField]) -> List[Tuple[str, str, bool]]:
            field.mode == "REPEATED") for field in schema]
 
 
-def ensure_tables(client: bigquery.Client, project: str, dataset: str) -> None:
+def ensure_tables(client: bigquery.Client, project: str, dataset: str,
+                  location: Optional[str] = None) -> None:
   """Creates the dataset and both tables unless they exist; checks existing tables' columns.
 
   Looks first, so writers that may only read metadata (not create datasets) pass
@@ -73,7 +74,9 @@ def ensure_tables(client: bigquery.Client, project: str, dataset: str) -> None:
   try:
     client.get_dataset(f"{project}.{dataset}")
   except exceptions.NotFound:
-    client.create_dataset(bigquery.Dataset(f"{project}.{dataset}"), exists_ok=True)
+    new_dataset = bigquery.Dataset(f"{project}.{dataset}")
+    new_dataset.location = location  # None: BigQuery's default, US.
+    client.create_dataset(new_dataset, exists_ok=True)
   for table_name, schema in SCHEMAS.items():
     table_id = f"{project}.{dataset}.{table_name}"
     try:

@@ -143,6 +143,8 @@ class PipelineConfig:
       "oracle" is the true value in the simulation.
     gate_tolerance: Allowed shortfall, in reward units.
     bootstrap_samples: Bootstrap replicates for the estimates' intervals.
+    feedback_lateness: Seconds a training window ends before the Trigger's now, so
+      predictions whose feedback may still be arriving wait for the next window.
   """
   name: str = "rlops-movielens"
   samples: int = 20_000
@@ -152,6 +154,7 @@ class PipelineConfig:
   gate_metrics: Tuple[str, ...] = ("dr", "oracle")
   gate_tolerance: float = 0.05
   bootstrap_samples: int = 200
+  feedback_lateness: float = 0.0
 
   def validate(self) -> None:
     if self.samples < 1:
@@ -163,6 +166,8 @@ class PipelineConfig:
       raise ConfigError(f"gate_metrics must be among {', '.join(GATE_METRICS)}, got {self.gate_metrics}")
     if self.gate_tolerance < 0:
       raise ConfigError(f"gate_tolerance must be non-negative, got {self.gate_tolerance}")
+    if not self.feedback_lateness >= 0:
+      raise ConfigError(f"feedback_lateness must be non-negative, got {self.feedback_lateness}")
     if self.bootstrap_samples < 10:
       raise ConfigError(f"bootstrap_samples must be at least 10, got {self.bootstrap_samples}")
 

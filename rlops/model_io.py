@@ -19,7 +19,7 @@ from tf_agents.policies import policy_saver
 from tf_agents.trajectories import time_step as ts
 
 from rlops import agents, environment
-from rlops.config import AgentConfig
+from rlops.config import AgentConfig, EnvironmentConfig
 
 METADATA_FILE = "rlops_model.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -85,12 +85,44 @@ def agent_config_of(metadata: Dict[str, Any]) -> AgentConfig:
   return AgentConfig(**fields)
 
 
+def validated_agent_config(metadata: Dict[str, Any]) -> AgentConfig:
+  """The agent configuration of `metadata`, checked by the configuration's own validation.
+
+  Raises:
+    ValueError: The metadata is malformed or fails validation (e.g. epsilon outside
+      [0, 1], a serving epsilon other than the agent's, impossible dimensions).
+  """
+  try:
+    config = agent_config_of(metadata)
+    dimensions = {name: metadata[name] for name in ("num_movies", "rank_k")}
+    epsilon = metadata["epsilon"]
+  except (KeyError, TypeError) as error:
+    raise ValueError(f"malformed model metadata: {error!r}") from error
+  for name, value in dimensions.items():
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ValueError(f"model metadata: {name} must be an integer, got {value!r}")
+  config.validate()
+  EnvironmentConfig(**dimensions).validate()
+  if epsilon != config.epsilon:
+    raise ValueError(f"model metadata: epsilon {epsilon!r} differs from the agent's "
+                     f"{config.epsilon!r}")
+  return config
+
+
 def load_agent(directory: str) -> Tuple[tf_agent.TFAgent, Dict[str, Any]]:
-  """The agent saved in `directory`, with its variables restored, and its metadata."""
+  """The agent saved in `directory`, with every variable restored, and its metadata.
+
+  Raises:
+    ValueError: The metadata fails validation.
+    AssertionError: The checkpoint does not hold a value for every variable of the
+      agent the metadata describes (e.g. it is another agent's).
+  """
   metadata = read_metadata(directory)
-  agent = new_agent(agent_config_of(metadata), metadata["num_movies"], metadata["rank_k"])
-  tf.train.Checkpoint(agent=agent).read(
-      os.path.join(directory, CHECKPOINT_DIR, "agent")).expect_partial()
+  config = validated_agent_config(metadata)
+  agent = new_agent(config, metadata["num_movies"], metadata["rank_k"])
+  status = tf.train.Checkpoint(agent=agent).read(os.path.join(directory, CHECKPOINT_DIR, "agent"))
+  status.assert_existing_objects_matched()
+  status.expect_partial()  # Values of objects created later (optimizer slots) may stay unread.
   return agent, metadata
 
 

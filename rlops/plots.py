@@ -42,6 +42,40 @@ def rounds(rows, path) -> str:
   return _save(figure, axis, "served policy per round (labels: model versions, last digits)", path)
 
 
+def lineage_graph(chain, path) -> str:
+  """The lineage of a model as a picture: for each model of `chain` (newest first, as
+  `tfx_pipeline.metadata.lineage` gives it), the Examples it was trained on, the
+  Generator run behind them, and the warm-start links between the models."""
+  figure, axis = plt.subplots(figsize=(3.2 * len(chain) + 1, 4.2))
+  boxes = {"boxstyle": "round,pad=0.4", "linewidth": 1}
+  arrow = {"arrowstyle": "->", "color": "0.3"}
+  for column, link in enumerate(reversed(chain)):
+    model, outcome, examples = link["model"], link["outcome"], link["examples"]
+    state = "pushed" if outcome.get("pushed") else "blessed" if outcome.get("blessed") else "not blessed"
+    axis.text(column, 2, f"Model {model['id']}\n{model.get('agent')}, {state}", ha="center",
+              va="center", bbox={**boxes, "facecolor": "#cfe8cf" if outcome.get("pushed") else "#eee"})
+    axis.text(column, 1, f"Examples {examples['id']}\nspan {examples['span']}", ha="center",
+              va="center", bbox={**boxes, "facecolor": "#dde6f5"})
+    axis.annotate("", xy=(column, 1.75), xytext=(column, 1.25), arrowprops=arrow)
+    if link["generator"]:
+      generator = link["generator"]
+      axis.text(column, 0, f"Generator run {generator['execution_id']}\n"
+                f"{generator.get('record_count')} records", ha="center", va="center",
+                bbox={**boxes, "facecolor": "#f5e6cc"})
+      axis.annotate("", xy=(column, 0.75), xytext=(column, 0.25), arrowprops=arrow)
+    if column:
+      axis.annotate("warm start", xy=(column - 0.3, 2), xytext=(column - 0.7, 2), ha="center",
+                    va="bottom", arrowprops=arrow, fontsize=8)
+  axis.set_xlim(-0.6, len(chain) - 0.4)
+  axis.set_ylim(-0.6, 2.6)
+  axis.axis("off")
+  axis.set_title("lineage from ML Metadata (oldest left)")
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
 def cumulative_regret(settings: Dict[str, Dict[str, np.ndarray]], path) -> str:
   """One panel per setting: cumulative regret over served requests of each named policy."""
   figure, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)

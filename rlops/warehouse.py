@@ -49,23 +49,29 @@ def training_query(begin: float, end: float, table_prefix: str = "") -> str:
   """SQL selecting rewarded records with begin <= predictions.event_time < end.
 
   The predictions joined with their feedback on request_id, ordered by
-  event_time and request_id. Same text for SQLite (table_prefix "") and
-  BigQuery (table_prefix "`project.dataset`."). The bounds are literals on
-  purpose: query-based ExampleGens have no input fingerprint, so with caching
-  the query must change when its data does. An infinite `end` drops the upper
-  bound.
+  event_time and request_id, each request_id once: BigQuery enforces no keys and
+  concurrent inserting MERGEs do not conflict, so a redelivered log may be stored
+  twice; the first copy (by event_time) of each counts. Redelivered predictions
+  carry their original event_time, so their copies fall in the same window.
+  Same text for SQLite (table_prefix "") and BigQuery (table_prefix
+  "`project.dataset`."). The bounds are literals on purpose: query-based
+  ExampleGens have no input fingerprint, so with caching the query must change
+  when its data does. An infinite `end` drops the upper bound.
   """
   if not math.isfinite(begin) or math.isnan(end) or end < begin:
     raise ValueError(f"need a finite begin <= end, got [{begin}, {end})")
   selected = ",\n  ".join(
       f"{'f' if column == 'reward' else 'p'}.{column} AS {column}" for column in TRAINING_COLUMNS)
-  where = f"p.event_time >= {_literal(begin)}"
+  where = f"event_time >= {_literal(begin)}"
   if math.isfinite(end):
-    where += f" AND p.event_time < {_literal(end)}"
+    where += f" AND event_time < {_literal(end)}"
+  first_copy = "ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY event_time) AS copy_number"
   return (f"SELECT\n  {selected}\n"
-          f"FROM {table_prefix}predictions AS p\n"
-          f"JOIN {table_prefix}feedback AS f ON f.request_id = p.request_id\n"
-          f"WHERE {where}\n"
+          f"FROM (SELECT *, {first_copy}\n"
+          f"      FROM {table_prefix}predictions WHERE {where}) AS p\n"
+          f"JOIN (SELECT *, {first_copy}\n"
+          f"      FROM {table_prefix}feedback) AS f ON f.request_id = p.request_id\n"
+          "WHERE p.copy_number = 1 AND f.copy_number = 1\n"
           "ORDER BY p.event_time, p.request_id")
 
 

@@ -96,15 +96,38 @@ def test_span_begin_inclusive_end_exclusive(tmp_path):
 
 def test_query_text_holds_literal_bounds_and_prefix():
   query = warehouse.training_query(1700000000.25, 1700003600, "`proj.ds`.")
-  assert "p.event_time >= 1700000000.25 AND p.event_time < 1700003600.0" in query
-  assert "FROM `proj.ds`.predictions AS p" in query
-  assert "JOIN `proj.ds`.feedback AS f ON f.request_id = p.request_id" in query
+  assert "event_time >= 1700000000.25 AND event_time < 1700003600.0" in query
+  assert "FROM `proj.ds`.predictions WHERE" in query
+  assert "FROM `proj.ds`.feedback) AS f ON f.request_id = p.request_id" in query
   assert query != warehouse.training_query(1700000000.25, 1700003601, "`proj.ds`.")
   assert warehouse.training_query(0, 1) == warehouse.training_query(0, 1, "").replace("`", "")
   assert "<" not in warehouse.training_query(5.0, float("inf"))
   for begin, end in ((2.0, 1.0), (float("nan"), 1.0), (0.0, float("nan")), (-float("inf"), 1.0)):
     with pytest.raises(ValueError):
       warehouse.training_query(begin, end)
+
+
+def _keyless_tables(path):
+  """The warehouse's tables without keys, as in BigQuery: duplicates can be stored."""
+  connection = sqlite3.connect(path)
+  connection.execute(f"CREATE TABLE predictions ({', '.join(warehouse.PREDICTION_COLUMNS)})")
+  connection.execute(f"CREATE TABLE feedback ({', '.join(warehouse.FEEDBACK_COLUMNS)})")
+  return connection
+
+
+def test_training_and_count_queries_count_a_redelivered_request_once(tmp_path):
+  connection = _keyless_tables(tmp_path / "bigquery-like.db")
+  predictions = [warehouse.prediction_values(_prediction(i)) for i in range(3)]
+  feedback = [warehouse.feedback_values(_feedback(i)) for i in range(3)]
+  # r1's prediction and r2's feedback are stored twice, as two racing MERGEs would.
+  connection.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [*predictions, predictions[1]])
+  connection.executemany("INSERT INTO feedback VALUES (?, ?, ?)", [*feedback, feedback[2]])
+  rows = connection.execute(warehouse.training_query(0.0, float("inf"))).fetchall()
+  assert [row[0] for row in rows] == ["r0", "r1", "r2"]
+  assert [row[-1] for row in rows] == [f[2] for f in feedback]
+  assert connection.execute(warehouse.count_query(0.0, 2000.0)).fetchone() == (3,)
+  assert connection.execute(warehouse.count_query(1001.0, 1002.0)).fetchone() == (1,)
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -1,38 +1,17 @@
 """Runs the pipeline with LocalDagRunner: MLMD, warehouse and pushed models under the workdir."""
-import dataclasses
+import contextlib
 import os
-from typing import Any, Dict, Optional
+import threading
+from typing import Any, Callable, Dict, Iterator, Optional
 
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from rlops import warehouse as warehouse_lib
+from rlops import workdirs
 from rlops.config import Config
-from tfx_pipeline import metadata
+from tfx_pipeline import metadata, windows
 from tfx_pipeline import pipeline as pipeline_lib
-from tfx_pipeline import windows
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalPaths:
-  """Where a local deployment keeps its state, all under one working directory."""
-  workdir: str
-
-  @property
-  def pipeline_root(self) -> str:
-    return os.path.join(self.workdir, "pipeline_root")
-
-  @property
-  def metadata(self) -> str:
-    return os.path.join(self.workdir, "metadata.sqlite")
-
-  @property
-  def warehouse(self) -> str:
-    return os.path.join(self.workdir, "warehouse.sqlite")
-
-  @property
-  def serving(self) -> str:
-    """Pusher's base directory: one numbered folder per pushed model version."""
-    return os.path.join(self.workdir, "serving")
 
 
 def next_window(store, now: Optional[float] = None) -> Optional[windows.Window]:
@@ -40,7 +19,42 @@ def next_window(store, now: Optional[float] = None) -> Optional[windows.Window]:
   return windows.next_window(metadata.last_trained_window(store), now)
 
 
-def run(config: Config, mode: str, window: Optional[windows.Window] = None) -> Dict[str, Any]:
+@contextlib.contextmanager
+def _reporting_components(metadata_path: str, report: Optional[Callable[[str, float], None]],
+                          poll_seconds: float = 0.5) -> Iterator[None]:
+  """While running, calls `report(component id, seconds)` as each component's execution
+  ends in ML Metadata (read on a connection of its own, in a background thread)."""
+  if report is None:
+    yield
+    return
+  store = metadata.connect(metadata_path)
+  seen = {execution.id for execution in store.get_executions()}
+  ended = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED,
+           metadata_store_pb2.Execution.FAILED)
+  stop = threading.Event()
+
+  def poll() -> None:
+    done = False
+    while not done:
+      done = stop.wait(poll_seconds)  # A last look after the run ends.
+      for execution in store.get_executions():
+        if execution.id not in seen and execution.last_known_state in ended:
+          seen.add(execution.id)
+          report(metadata.node_id(store, execution),
+                 (execution.last_update_time_since_epoch - execution.create_time_since_epoch)
+                 / 1000)
+
+  thread = threading.Thread(target=poll, name="rlops-component-progress", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+
+
+def run(config: Config, mode: str, window: Optional[windows.Window] = None,
+        on_component: Optional[Callable[[str, float], None]] = None) -> Dict[str, Any]:
   """Runs the startup or retraining pipeline; returns what was trained and what became of it.
 
   Args:
@@ -48,10 +62,11 @@ def run(config: Config, mode: str, window: Optional[windows.Window] = None) -> D
     mode: "startup" or "retrain".
     window: The records to train on; None: the window after the last trained one.
       A retraining with no rewarded records in it trains nothing and says so.
+    on_component: Called with (component id, seconds) as each component finishes.
   """
   config.validate()
   windows.check_mode(mode)
-  paths = LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   os.makedirs(paths.workdir, exist_ok=True)
   store = metadata.connect(paths.metadata)
   window = window or next_window(store)
@@ -66,11 +81,13 @@ def run(config: Config, mode: str, window: Optional[windows.Window] = None) -> D
   if mode == windows.RETRAIN and new_records == 0:
     return {"mode": mode, "trained": False, "window": window.to_dict(),
             "reason": f"no new rewarded records in the window {window}"}
-  tfx.orchestration.LocalDagRunner().run(pipeline_lib.create_pipeline(
+  dsl = pipeline_lib.create_pipeline(
       config, mode, window, pipeline_root=paths.pipeline_root, warehouse=paths.warehouse,
       push_directory=paths.serving,
       metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          paths.metadata)))
+          paths.metadata))
+  with _reporting_components(paths.metadata, on_component):
+    tfx.orchestration.LocalDagRunner().run(dsl)
   trained = [model for model in metadata.artifacts_of_type(store, "Model")
              if metadata.properties(model).get("window_end") == window.end]
   return {"mode": mode, "trained": True, "window": window.to_dict(),

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 from custom_components.evaluator.component import Evaluator
 from custom_components.generator.component import Generator
 from custom_components.ingester.component import TRAIN_EVAL_SPLIT, SqliteExampleGen
+from custom_components.pusher.component import VertexPusher
 from custom_components.trainer.component import Trainer
 from custom_components import keys
 from rlops import warehouse as warehouse_lib
@@ -46,7 +47,7 @@ def vertex_pusher_config(gcp: GcpConfig) -> dict:
 
   TFX 1.15 looks the endpoint up by display name (`endpoint_name`), creates it
   only when none exists, uploads the model with `serving_image` and deploys it
-  there with all the traffic.
+  there with all the traffic; `VertexPusher` then undeploys the older models.
   """
   serving_args = {
       "project": gcp.project,
@@ -111,13 +112,15 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
                                 warehouse_path=warehouse, span=window.span,
                                 output_config=TRAIN_EVAL_SPLIT)
     # Stamped just before the window's end, so the Ingester of this run reads them.
-    event_time, trained_window_end = window.end - 1, window.end
+    event_time, trained_window_end, span = window.end - 1, window.end, window.span
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
         input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=TRAIN_EVAL_SPLIT,
         range_config=_parameter(windows.RANGE_CONFIG_PARAMETER, str))
     event_time = _parameter(windows.EVENT_TIME_PARAMETER, float)
     trained_window_end = _parameter(windows.WINDOW_END_PARAMETER, float)
+    # Vertex runs no ExampleGen driver: the Examples carry span 0, the run gets the span here.
+    span = _parameter(windows.SPAN_PARAMETER, int)
   ingester = ingester.with_id("Ingester")
 
   components = []
@@ -136,7 +139,7 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
   trainer = Trainer(examples=examples, agent=config.agent, environment=config.environment,
                     train_batch_size=config.pipeline.train_batch_size,
                     epochs=config.pipeline.epochs, warm_start=config.pipeline.warm_start,
-                    window_end=trained_window_end,
+                    span=span, window_end=trained_window_end,
                     base_model=latest_blessed.outputs[keys.MODEL_KEY] if mode == RETRAIN else None)
   if target == VERTEX:
     # Vertex runs each task as a custom job; the Trainer's gets its own machine size.
@@ -157,9 +160,9 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_directory)))
   else:
-    pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
+    pusher = VertexPusher(
         model=trainer.outputs[keys.MODEL_KEY], model_blessing=evaluator.outputs[keys.BLESSING_KEY],
-        custom_config=vertex_pusher_config(config.gcp))
+        custom_config=vertex_pusher_config(config.gcp)).with_id("Pusher")
   components += [ingester, latest_blessed, trainer, evaluator, pusher]
   if beam_pipeline_args is None:
     beam_pipeline_args = (["--direct_running_mode=in_memory"] if target == LOCAL

@@ -5,10 +5,13 @@ change from run to run: the data window is a set of pipeline parameters
 without defaults, which every submission must set, e.g.
 
   job = aiplatform.PipelineJob(
-      display_name=..., template_path="retrain.json", pipeline_root=gcp.pipeline_root,
-      parameter_values=pipeline_parameters(window, span, gcp=gcp, mode="retrain"),
+      display_name=..., job_id=job_id(name, "retrain", window), template_path="retrain.json",
+      pipeline_root=gcp.pipeline_root,
+      parameter_values=pipeline_parameters(window, gcp=gcp, mode="retrain"),
       enable_caching=False, project=gcp.project, location=gcp.region)
   job.submit(service_account=gcp.service_account)
+
+(`job_request` gives exactly these arguments.)
 
 The parameters (names in `tfx_pipeline.windows`):
   input_config  str    example_gen_pb2.Input as JSON: one split whose pattern is
@@ -17,6 +20,8 @@ The parameters (names in `tfx_pipeline.windows`):
                        Recorded with the Ingester's execution only: Vertex runs no
                        ExampleGen driver, so the Examples carry no `span` there.
   window_end    float  The window's end, recorded by the Trainer.
+  span          int    The window's span, recorded by the Trainer (the Examples carry 0 on
+                       Vertex).
   event_time    float  Startup only: the Generator's record time, end - 1.
 
 Only `compile_pipeline` imports TFX: a submitter (the Trigger function) fills
@@ -55,6 +60,7 @@ def pipeline_parameters(window: windows.Window, *, gcp: GcpConfig, mode: str) ->
       windows.RANGE_CONFIG_PARAMETER: json.dumps(
           {"static_range": {"start_span_number": window.span, "end_span_number": window.span}}),
       windows.WINDOW_END_PARAMETER: window.end,
+      windows.SPAN_PARAMETER: window.span,
   }
   if mode == STARTUP:
     values[windows.EVENT_TIME_PARAMETER] = window.end - 1
@@ -90,9 +96,11 @@ def compile_pipeline(config: Config, mode: str, output_path: str) -> str:
 
 
 RUNNING_STATES = ("PIPELINE_STATE_QUEUED", "PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING")
+SUCCEEDED_STATE = "PIPELINE_STATE_SUCCEEDED"
 
 
 def _aiplatform(module):
+  """`module` (a stand-in in tests), else google.cloud.aiplatform, imported on first use."""
   if module is not None:
     return module
   from google.cloud import aiplatform  # pylint: disable=import-outside-toplevel
@@ -103,12 +111,18 @@ def display_name(pipeline_name: str, mode: str) -> str:
   return f"{pipeline_name}-{mode}"
 
 
+def job_id(pipeline_name: str, mode: str, window: windows.Window) -> str:
+  """The one PipelineJob id of a window's run: Vertex refuses a second job with it."""
+  return f"{display_name(pipeline_name, mode)}-{window.span}-{int(window.begin)}-{int(window.end)}"
+
+
 def job_request(gcp: GcpConfig, pipeline_name: str, template_path: str, mode: str,
                 window: windows.Window, enable_caching: bool = False) -> Dict[str, Any]:
   """The arguments of `aiplatform.PipelineJob(...)` and `.submit(...)` for one run."""
   return {
       "job": {
           "display_name": display_name(pipeline_name, mode),
+          "job_id": job_id(pipeline_name, mode, window),
           "template_path": template_path,
           "pipeline_root": gcp.pipeline_root,
           "parameter_values": pipeline_parameters(window, gcp=gcp, mode=mode),
@@ -128,25 +142,34 @@ def submit(request: Dict[str, Any], aiplatform=None) -> str:
   return job.resource_name
 
 
-def running_jobs(gcp: GcpConfig, pipeline_name: str, mode: str, aiplatform=None) -> List[str]:
-  """Resource names of this pipeline's `mode` runs that are queued or running."""
-  states = " OR ".join(f'state="{state}"' for state in RUNNING_STATES)
-  jobs = _aiplatform(aiplatform).PipelineJob.list(
-      filter=f'display_name="{display_name(pipeline_name, mode)}" AND ({states})',
-      project=gcp.project, location=gcp.region)
-  return [job.resource_name for job in jobs]
+def _jobs(gcp: GcpConfig, pipeline_name: str, states, aiplatform) -> list:
+  """This pipeline's runs, startup and retraining, in one of `states`."""
+  names = " OR ".join(f'display_name="{display_name(pipeline_name, mode)}"'
+                      for mode in windows.MODES)
+  in_state = " OR ".join(f'state="{state}"' for state in states)
+  return _aiplatform(aiplatform).PipelineJob.list(
+      filter=f"({names}) AND ({in_state})", project=gcp.project, location=gcp.region)
 
 
-def last_trained_window(gcp: GcpConfig, aiplatform=None) -> Optional[windows.TrainedWindow]:
-  """The newest window a Trainer recorded in Vertex ML Metadata; None before the first.
+def running_jobs(gcp: GcpConfig, pipeline_name: str, aiplatform=None) -> List[str]:
+  """Resource names of this pipeline's runs (startup or retraining) queued or running."""
+  return [job.resource_name for job in _jobs(gcp, pipeline_name, RUNNING_STATES, aiplatform)]
 
-  The Trainer writes `window_end` (and `span`) as custom properties of its Model
-  artifact; TFX on Vertex stores them in the artifact's metadata.
+
+def last_trained_window(gcp: GcpConfig, pipeline_name: str,
+                        aiplatform=None) -> Optional[windows.TrainedWindow]:
+  """The window of this pipeline's newest successful run; None before the first.
+
+  Read from the runs' own parameters, `span` (int) and `window_end` (double):
+  exact, where artifact properties come back from Vertex ML Metadata as floats.
+  A window counts as trained once its run succeeded, blessed or not: the gate
+  rejected a model, not the data, and the next window does not read it again.
   """
-  artifacts = _aiplatform(aiplatform).Artifact.list(
-      filter='schema_title="tfx.Model"', project=gcp.project, location=gcp.region)
-  trained = [(float(a.metadata["window_end"]), int(a.metadata.get("span", 0)))
-             for a in artifacts if "window_end" in (a.metadata or {})]
+  trained = []
+  for job in _jobs(gcp, pipeline_name, [SUCCEEDED_STATE], aiplatform):
+    parameters = job.runtime_config.parameters
+    trained.append((parameters[windows.WINDOW_END_PARAMETER].double_value,
+                    int(parameters[windows.SPAN_PARAMETER].int_value)))
   if not trained:
     return None
   end, span = max(trained)

@@ -16,6 +16,7 @@ from tfx.dsl.components.common import resolver
 from tfx.orchestration.kubeflow.v2 import compiler_utils
 from tfx.proto import example_gen_pb2
 from tfx.proto import range_config_pb2
+from tfx.utils import import_utils
 
 from custom_components import artifacts
 from rlops import warehouse as warehouse_lib
@@ -44,15 +45,9 @@ EXECUTORS = {
     "Ingester": "tfx.extensions.google_cloud_big_query.example_gen.executor.Executor",
     "Trainer": "custom_components.trainer.executor.Executor",
     "Evaluator": "custom_components.evaluator.executor.Executor",
-    "Pusher": "tfx.extensions.google_cloud_ai_platform.pusher.executor.Executor",
+    "Pusher": "custom_components.pusher.executor.Executor",
 }
-# Vertex's compiler rejects custom artifact types that declare PROPERTIES (KeyError at
-# compile time): the startup pipeline compiles once rlops.Interactions declares none.
-INTERACTIONS_PROPERTIES_BLOCK_VERTEX = pytest.mark.xfail(
-    condition=bool(artifacts.Interactions.PROPERTIES), raises=KeyError, strict=True,
-    reason="rlops.Interactions declares PROPERTIES, which Vertex's compiler rejects")
-MODES = [pytest.param(pipeline_lib.STARTUP, marks=INTERACTIONS_PROPERTIES_BLOCK_VERTEX),
-         pipeline_lib.RETRAIN]
+MODES = [pipeline_lib.STARTUP, pipeline_lib.RETRAIN]
 
 
 def _no_network(*args, **kwargs):
@@ -137,12 +132,13 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   declared = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
   values = vertex_runner.pipeline_parameters(WINDOW, gcp=GCP, mode=mode)
   assert set(declared) == set(values)
-  ir_types = {str: "STRING", float: "DOUBLE"}
+  ir_types = {str: "STRING", float: "DOUBLE", int: "INT"}
   for name, value in values.items():
     assert declared[name] == {"type": ir_types[type(value)]}  # No default: must be set.
   bindings = {("Ingester", "input_config"): windows.INPUT_CONFIG_PARAMETER,
               ("Ingester", "range_config"): windows.RANGE_CONFIG_PARAMETER,
-              ("Trainer", "window_end"): windows.WINDOW_END_PARAMETER}
+              ("Trainer", "window_end"): windows.WINDOW_END_PARAMETER,
+              ("Trainer", "span"): windows.SPAN_PARAMETER}
   if mode == pipeline_lib.STARTUP:
     bindings[("Generator", "event_time")] = windows.EVENT_TIME_PARAMETER
   for (task, exec_property), parameter in bindings.items():
@@ -151,9 +147,10 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   # What aiplatform.PipelineJob does with them client-side, before submitting.
   runtime_config = pipeline_utils.PipelineRuntimeConfigBuilder.from_job_spec_json(spec)
   runtime_config.update_runtime_parameters(values)
-  ir_fields = {str: "stringValue", float: "doubleValue"}
+  ir_values = {str: lambda v: {"stringValue": v}, float: lambda v: {"doubleValue": v},
+               int: lambda v: {"intValue": str(v)}}
   assert runtime_config.build()["parameters"] == {
-      name: {ir_fields[type(value)]: value} for name, value in values.items()}
+      name: ir_values[type(value)](value) for name, value in values.items()}
 
 
 def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
@@ -167,6 +164,7 @@ def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
   assert range_config == range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
       start_span_number=SPAN, end_span_number=SPAN))
   assert values["window_end"] == WINDOW.end
+  assert values["span"] == SPAN
   # The Generator's records fall inside the window the same run reads.
   assert WINDOW.begin <= values["event_time"] < WINDOW.end
   assert "event_time" not in vertex_runner.pipeline_parameters(WINDOW, gcp=GCP,
@@ -214,20 +212,21 @@ def test_pusher_deploys_to_the_one_endpoint_in_the_serving_image(compiled):
 @pytest.mark.parametrize("mode", MODES)
 def test_artifact_type_names_pass_vertex_rule(compiled, mode):
   titles = set(_type_titles(compiled(mode)))
-  assert "rlops.PolicyEvaluation" in titles
+  assert "custom_components.PolicyEvaluation" in titles
   if mode == pipeline_lib.STARTUP:
-    assert "rlops.Interactions" in titles
+    assert "custom_components.Interactions" in titles
   assert [title for title in titles if not VERTEX_TYPE_NAME.match(title)] == []
 
 
-@pytest.mark.parametrize("artifact_type", [
-    pytest.param(artifacts.Interactions, marks=INTERACTIONS_PROPERTIES_BLOCK_VERTEX),
-    artifacts.PolicyEvaluation,
-])
-def test_custom_artifact_types_compile_for_vertex(artifact_type):
+@pytest.mark.parametrize("artifact_type", [artifacts.Interactions, artifacts.PolicyEvaluation])
+def test_custom_artifact_types_compile_for_vertex_and_import_by_title(artifact_type):
+  # Vertex's compiler rejects custom artifact types that declare PROPERTIES.
+  assert not artifact_type.PROPERTIES
   assert VERTEX_TYPE_NAME.match(artifact_type.TYPE_NAME)
   spec = compiler_utils.build_output_artifact_spec(tfx.dsl.Channel(type=artifact_type))
   assert yaml.safe_load(spec.artifact_type.instance_schema)["title"] == artifact_type.TYPE_NAME
+  # What TFX's Vertex container entrypoint does with the title.
+  assert import_utils.import_class_by_path(artifact_type.TYPE_NAME) is artifact_type
 
 
 def test_resolver_is_latest_blessed_model(compiled):
@@ -314,6 +313,7 @@ def test_local_variant_keeps_sqlite_query_and_filesystem_push(tmp_path):
                                    example_gen_pb2.Input())
   assert input_config.splits[0].pattern == warehouse_lib.training_query(100.0, 200.0)
   assert nodes["Trainer"].exec_properties["window_end"] == 200.0
+  assert nodes["Trainer"].exec_properties["span"] == 2
   assert nodes["Generator"].exec_properties["event_time"] == 199.0
   assert type(nodes["Pusher"]) is tfx.components.Pusher  # pylint: disable=unidiomatic-typecheck
   with pytest.raises(ValueError, match="window"):
@@ -328,3 +328,13 @@ def test_trainer_custom_job_gets_its_machine_size(compiled, mode):
   resources = _container(compiled(mode), "Trainer")["resources"]
   assert resources["cpuLimit"] == CONFIG.gcp.trainer_cpu_limit
   assert resources["memoryLimit"] == CONFIG.gcp.trainer_memory_limit
+
+
+def test_a_window_has_one_job_id_that_vertex_accepts():
+  request = vertex_runner.job_request(GCP, CONFIG.pipeline.name, "gs://b/retrain.json",
+                                      pipeline_lib.RETRAIN, WINDOW)
+  job_id = request["job"]["job_id"]
+  assert job_id == f"rlops-movielens-retrain-{SPAN}-1700000000-1700003600"
+  assert re.fullmatch(r"[a-z][-a-z0-9]{0,127}", job_id)  # Vertex's rule for job ids.
+  assert vertex_runner.job_request(GCP, CONFIG.pipeline.name, "other.json", pipeline_lib.RETRAIN,
+                                   WINDOW)["job"]["job_id"] == job_id

@@ -23,6 +23,7 @@ MODES = (STARTUP, RETRAIN)
 INPUT_CONFIG_PARAMETER = "input_config"
 RANGE_CONFIG_PARAMETER = "range_config"
 WINDOW_END_PARAMETER = "window_end"
+SPAN_PARAMETER = "span"
 EVENT_TIME_PARAMETER = "event_time"
 
 
@@ -65,12 +66,19 @@ class TrainedWindow:
   end: float
 
 
-def next_window(last: Optional[TrainedWindow], now: Optional[float] = None) -> Optional[Window]:
+def next_window(last: Optional[TrainedWindow], now: Optional[float] = None,
+                lateness: float = 0.0) -> Optional[Window]:
   """The window after `last` (None: the first, from 0), ending at the last whole second
-  before `now`; None when no whole second has passed since `last` ended."""
+  before `now - lateness`; None when no whole second has passed since `last` ended.
+
+  `lateness` (seconds, `PipelineConfig.feedback_lateness`) leaves the newest
+  predictions, whose feedback may still be on its way, to the next window.
+  """
+  if lateness < 0:
+    raise ValueError(f"lateness must be non-negative, got {lateness}")
   now = time.time() if now is None else now
   span, begin = (last.span, float(last.end)) if last else (0, 0.0)
-  end = float(math.floor(now))
+  end = float(math.floor(now - lateness))
   if end <= begin:
     return None
   return Window(span=span + 1, begin=begin, end=end)

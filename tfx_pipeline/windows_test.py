@@ -26,3 +26,12 @@ def test_modes_are_checked():
   assert windows.check_mode(windows.RETRAIN) == "retrain"
   with pytest.raises(ValueError, match="mode must be"):
     windows.check_mode("nightly")
+
+
+def test_a_lateness_margin_leaves_the_newest_seconds_to_the_next_window():
+  last = windows.TrainedWindow(span=3, end=1_700_000_000.0)
+  assert windows.next_window(last, now=1_700_000_400.5, lateness=300.0) == windows.Window(
+      span=4, begin=1_700_000_000.0, end=1_700_000_100.0)
+  assert windows.next_window(last, now=1_700_000_200.0, lateness=300.0) is None
+  with pytest.raises(ValueError, match="lateness"):
+    windows.next_window(last, now=1_700_000_400.0, lateness=-1.0)

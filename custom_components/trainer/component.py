@@ -21,6 +21,7 @@ class TrainerSpec(component_spec.ComponentSpec):
       keys.TRAIN_BATCH_SIZE_KEY: component_spec.ExecutionParameter(type=int),
       keys.EPOCHS_KEY: component_spec.ExecutionParameter(type=int),
       keys.WARM_START_KEY: component_spec.ExecutionParameter(type=int),
+      keys.SPAN_KEY: component_spec.ExecutionParameter(type=int),
       keys.WINDOW_END_KEY: component_spec.ExecutionParameter(type=float),
   }
   INPUTS = {
@@ -48,8 +49,8 @@ class Trainer(base_component.BaseComponent):
 
   def __init__(self, examples: channel.BaseChannel, agent: AgentConfig,
                environment: EnvironmentConfig, train_batch_size: int, epochs: int,
-               warm_start: bool, window_end: parameters.FloatParameter,
-               base_model: Optional[channel.BaseChannel] = None):
+               warm_start: bool, span: parameters.IntParameter,
+               window_end: parameters.FloatParameter, base_model: Optional[channel.BaseChannel] = None):
     """Constructs a Trainer.
 
     Args:
@@ -59,6 +60,8 @@ class Trainer(base_component.BaseComponent):
       train_batch_size: Records per agent update.
       epochs: Passes over the data (1 for linear agents).
       warm_start: Continue from `base_model` when it is the same agent and shape.
+      span: The window's span number, recorded on the Model; a pipeline parameter on
+        Vertex, where no ExampleGen driver records it on the Examples.
       window_end: End (Unix seconds, exclusive) of the window the examples cover,
         recorded on the Model; a pipeline parameter on Vertex.
       base_model: The latest blessed Model, from a resolver.
@@ -67,6 +70,7 @@ class Trainer(base_component.BaseComponent):
         examples=examples, base_model=base_model, agent=section_to_json(agent),
         environment=section_to_json(environment), train_batch_size=train_batch_size,
         epochs=epochs, warm_start=int(warm_start),
+        span=parameters.int_or_parameter(span),
         window_end=parameters.float_or_parameter(window_end),
         model=channel.Channel(type=standard_artifacts.Model),
         model_run=channel.Channel(type=standard_artifacts.ModelRun)))

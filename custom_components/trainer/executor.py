@@ -78,7 +78,7 @@ class Executor(base_executor.BaseExecutor):
     writer.close()
 
     model = artifact_utils.get_single_instance(output_dict[keys.MODEL_KEY])
-    span = examples_io.span_of(examples)
+    span = int(exec_properties[keys.SPAN_KEY])
     window_end = float(exec_properties[keys.WINDOW_END_KEY])
     forgetting = agent_config.forgetting if agent_config.is_linear else 1.0
     trained_records = training.trained_records(previous_records, samples, batch_size, forgetting)

@@ -4,20 +4,25 @@ have arrived since the last trained window, and never while a retraining runs.
 Locally the pipeline runs with LocalDagRunner (`tfx_pipeline.local_runner`) under a
 file lock. In production (a config with a gcp section) it counts the records in
 BigQuery with the same SQL and submits the compiled retraining pipeline to Vertex
-Pipelines unless one is queued or running.
+Pipelines, unless a run of this pipeline (startup or retraining) is queued or
+running or none has succeeded yet. The job id is the window's (`vertex_runner.job_id`)
+and the window ends at the scheduler tick's time, so a redelivered tick asks for the
+same job, which Vertex refuses to create twice.
 """
 import contextlib
+import datetime
 import fcntl
 import json
 import os
 from typing import Any, Dict, Iterator, Optional
 
 import functions_framework
+from google.api_core import exceptions
 
 from rlops import warehouse as warehouse_lib
+from rlops import workdirs
 from rlops.config import Config
-from tfx_pipeline import vertex_runner
-from tfx_pipeline import windows
+from tfx_pipeline import vertex_runner, windows
 
 LOCK_FILE = "retrain.lock"
 # Fewest new records on which a drop of the served reward starts a retraining early.
@@ -59,7 +64,7 @@ def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -
   with _exclusive(config.workdir) as acquired:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
-    paths = local_runner.LocalPaths(config.workdir)
+    paths = workdirs.LocalPaths(config.workdir)
     window = local_runner.next_window(metadata.connect(paths.metadata), now)
     count, shortfall = 0, None
     if window is not None:
@@ -104,13 +109,17 @@ def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
                             aiplatform=None, bigquery_client=None,
                             now: Optional[float] = None) -> Dict[str, Any]:
   """Production: counts the next window's rewarded records in BigQuery and, with
-  `threshold` or more and no retraining queued or running, submits the compiled
-  retraining pipeline on exactly that window."""
+  `threshold` or more, no run of this pipeline queued or running and a first run
+  succeeded, submits the compiled retraining pipeline on exactly that window."""
   gcp = config.gcp
-  running = vertex_runner.running_jobs(gcp, config.pipeline.name, windows.RETRAIN, aiplatform)
+  running = vertex_runner.running_jobs(gcp, config.pipeline.name, aiplatform)
   if running:
-    return {"started": False, "reason": f"a retraining run is in progress: {running[0]}"}
-  window = windows.next_window(vertex_runner.last_trained_window(gcp, aiplatform), now)
+    return {"started": False, "reason": f"a run of this pipeline is in progress: {running[0]}"}
+  last = vertex_runner.last_trained_window(gcp, config.pipeline.name, aiplatform)
+  if last is None:
+    return {"started": False, "reason": "no run of this pipeline has succeeded yet: "
+                                        "run the startup pipeline first"}
+  window = windows.next_window(last, now, lateness=config.pipeline.feedback_lateness)
   count = 0
   if window is not None:
     if bigquery_client is None:
@@ -120,20 +129,30 @@ def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
     count = next(iter(bigquery_client.query(sql).result()))["records"]
   if window is None or count < threshold:
     return _waiting(window, count, threshold)
-  return {"started": True, "new_records": count, "window": window.to_dict(),
-          **windows.submit_retraining(config, window, template_path=template_path,
-                                      aiplatform=aiplatform)}
+  try:
+    submitted = windows.submit_retraining(config, window, template_path=template_path,
+                                          aiplatform=aiplatform)
+  except exceptions.AlreadyExists:
+    return {"started": False, "new_records": count, "window": window.to_dict(),
+            "reason": f"the job of {window} exists already"}
+  return {"started": True, "new_records": count, "window": window.to_dict(), **submitted}
+
+
+def tick_time(cloud_event) -> float:
+  """The tick's time in Unix seconds, to the second: a redelivered tick has the same."""
+  return datetime.datetime.strptime(cloud_event["time"][:19], "%Y-%m-%dT%H:%M:%S").replace(
+      tzinfo=datetime.timezone.utc).timestamp()
 
 
 @functions_framework.cloud_event
 def trigger(cloud_event) -> Optional[Dict[str, Any]]:
   """Cloud Function entry point on the scheduler's tick. Env: RLOPS_CONFIG, RETRAIN_THRESHOLD,
   and in production RETRAIN_TEMPLATE (the compiled retraining pipeline, gs://...)."""
-  del cloud_event
   config = Config.from_json(os.environ["RLOPS_CONFIG"]).validate()
   threshold = int(os.environ.get("RETRAIN_THRESHOLD", "1000"))
   if config.gcp is not None:
-    outcome = maybe_submit_retraining(config, threshold, os.environ["RETRAIN_TEMPLATE"])
+    outcome = maybe_submit_retraining(config, threshold, os.environ["RETRAIN_TEMPLATE"],
+                                      now=tick_time(cloud_event))
   else:
     outcome = maybe_retrain(config, threshold)
   print(json.dumps({k: v for k, v in outcome.items() if k != "result"}))

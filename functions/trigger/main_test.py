@@ -4,15 +4,18 @@ import threading
 import time
 import types
 
+from google.api_core import exceptions
+from google.cloud import aiplatform_v1
+
 from functions.trigger import main as trigger
-from rlops import simulation, testing
+from rlops import simulation, testing, workdirs
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig
 from tfx_pipeline import local_runner
 
 
 def _serve_traffic(config, requests):
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   store = warehouse_lib.Warehouse(paths.warehouse)
   testing.log_policy_traffic(simulation.MovieLensModel.from_config(config), paths.serving, store,
                              requests, seed=requests)
@@ -59,7 +62,7 @@ def test_trains_exactly_the_window_it_counted(tmp_path):
   local_runner.run(config, "startup")
   time.sleep(1.1)
   counted_at = float(int(time.time()))
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   store = warehouse_lib.Warehouse(paths.warehouse)
   model = simulation.MovieLensModel.from_config(config)
   testing.log_policy_traffic(model, paths.serving, store, 300, seed=1, event_time=counted_at - 0.5)
@@ -94,33 +97,40 @@ class _SqliteBigQuery:
 
 
 class _FakeAiplatform:
-  """Records the Vertex AI requests; answers with the given jobs and artifacts."""
+  """Records the Vertex AI requests; answers PipelineJob.list with the running jobs or
+  with one succeeded run of span 3 ending at `window_end` (as the SDK's job objects:
+  `runtime_config.parameters` of the schema 2.0.0 pipeline); job ids exist once created."""
 
   def __init__(self, running=(), window_end=None):
     self.requests = []
+    self.job_ids = set()
     fake = self
 
     class PipelineJob:
       def __init__(self, **kwargs):
         fake.requests.append(("PipelineJob", kwargs))
-        self.resource_name = "projects/p/locations/r/pipelineJobs/job-2"
+        self.job_id = kwargs["job_id"]
+        self.resource_name = f"projects/p/locations/r/pipelineJobs/{self.job_id}"
 
       def submit(self, **kwargs):
         fake.requests.append(("submit", kwargs))
+        if self.job_id in fake.job_ids:
+          raise exceptions.AlreadyExists(f"PipelineJob {self.job_id} already exists")
+        fake.job_ids.add(self.job_id)
 
       @staticmethod
       def list(**kwargs):
         fake.requests.append(("PipelineJob.list", kwargs))
-        return [types.SimpleNamespace(resource_name=name) for name in running]
+        if "SUCCEEDED" not in kwargs["filter"]:
+          return [types.SimpleNamespace(resource_name=name) for name in running]
+        if window_end is None:
+          return []
+        parameters = aiplatform_v1.PipelineJob.RuntimeConfig(parameters={
+            "window_end": aiplatform_v1.Value(double_value=window_end),
+            "span": aiplatform_v1.Value(int_value=3)}).parameters
+        return [types.SimpleNamespace(runtime_config=types.SimpleNamespace(parameters=parameters))]
 
-    class Artifact:
-      @staticmethod
-      def list(**kwargs):
-        fake.requests.append(("Artifact.list", kwargs))
-        metadata = {} if window_end is None else {"window_end": window_end, "span": 3}
-        return [types.SimpleNamespace(metadata=metadata)]
-
-    self.PipelineJob, self.Artifact = PipelineJob, Artifact  # pylint: disable=invalid-name
+    self.PipelineJob = PipelineJob  # pylint: disable=invalid-name
 
 
 def test_production_trigger_counts_in_bigquery_sql_and_submits_once(tmp_path):
@@ -147,14 +157,18 @@ def test_production_trigger_counts_in_bigquery_sql_and_submits_once(tmp_path):
   assert "`my-rlops-project.rlops`.predictions" in bigquery.queries[0]
 
   vertex = _FakeAiplatform(window_end=1000.0)
-  outcome = trigger.maybe_submit_retraining(config, 7, template, vertex, bigquery)
-  assert outcome["started"] and outcome["job"].endswith("job-2")
-  (_, listed), (_, artifacts), (_, job), (_, submitted) = vertex.requests
-  assert 'display_name="rlops-movielens-retrain"' in listed["filter"]
-  assert artifacts["filter"] == 'schema_title="tfx.Model"'
+  outcome = trigger.maybe_submit_retraining(config, 7, template, vertex, bigquery, now=2000.5)
+  assert outcome["started"] and outcome["job"].endswith("/rlops-movielens-retrain-4-1000-2000")
+  (_, listed), (_, succeeded), (_, job), (_, submitted) = vertex.requests
+  names = '(display_name="rlops-movielens-startup" OR display_name="rlops-movielens-retrain")'
+  assert listed["filter"] == names + (' AND (state="PIPELINE_STATE_QUEUED" OR '
+                                      'state="PIPELINE_STATE_PENDING" OR '
+                                      'state="PIPELINE_STATE_RUNNING")')
+  assert succeeded["filter"] == names + ' AND (state="PIPELINE_STATE_SUCCEEDED")'
+  assert job["job_id"] == "rlops-movielens-retrain-4-1000-2000"
   assert job["template_path"] == template and job["enable_caching"] is False
   assert job["parameter_values"]["window_end"] > 1000.0
-  assert "p.event_time >= 1000.0" in job["parameter_values"]["input_config"]
+  assert "event_time >= 1000.0 AND event_time < 2000.0" in job["parameter_values"]["input_config"]
   assert '"start_span_number": 4' in job["parameter_values"]["range_config"]
   assert (job["project"], job["location"]) == (gcp.project, gcp.region)
   assert submitted == {"service_account": None}
@@ -163,3 +177,46 @@ def test_production_trigger_counts_in_bigquery_sql_and_submits_once(tmp_path):
   outcome = trigger.maybe_submit_retraining(config, 1, template, busy, bigquery)
   assert not outcome["started"] and "job-1" in outcome["reason"]
   assert [name for name, _ in busy.requests] == ["PipelineJob.list"]
+
+  # A redelivered tick (same time, same window) asks for the same job id: not started twice.
+  again = trigger.maybe_submit_retraining(config, 7, template, vertex, bigquery, now=2000.5)
+  assert not again["started"] and "exists already" in again["reason"]
+  assert [request[1]["job_id"] for request in vertex.requests if request[0] == "PipelineJob"] == [
+      "rlops-movielens-retrain-4-1000-2000"] * 2
+
+  # Before any run of the pipeline succeeded there is no model to warm-start or serve.
+  fresh = _FakeAiplatform()
+  outcome = trigger.maybe_submit_retraining(config, 1, template, fresh, bigquery)
+  assert not outcome["started"] and "startup pipeline first" in outcome["reason"]
+  assert [name for name, _ in fresh.requests] == ["PipelineJob.list"] * 2
+
+
+def test_production_window_ends_a_lateness_margin_before_the_tick(tmp_path):
+  gcp = GcpConfig(project="my-rlops-project", region="us-central1", bucket="gs://my-rlops-bucket",
+                  dataset="rlops", endpoint_name="rlops-movielens",
+                  pipeline_image="europe-docker.pkg.dev/p/r/pipeline:1",
+                  serving_image="europe-docker.pkg.dev/p/r/serving:1")
+  config = Config(gcp=gcp, pipeline=PipelineConfig(feedback_lateness=300.0)).validate()
+  path = str(tmp_path / "warehouse.sqlite")
+  store = warehouse_lib.Warehouse(path)
+  prediction = {"request_id": "late", "event_time": 1800.0, "observation": [1.0], "action": 0,
+                "propensity": 0.5, "model_version": "1", "source": "endpoint"}
+  store.insert_predictions([prediction])
+  store.close()
+  bigquery = _SqliteBigQuery(path, gcp)
+  # At the tick of 2000 its feedback has not arrived: the window ends at 1700, before it.
+  first = trigger.maybe_submit_retraining(config, 1, "t.json", _FakeAiplatform(window_end=1000.0),
+                                          bigquery, now=2000.0)
+  assert first["window"] == {"span": 4, "begin": 1000.0, "end": 1700.0}
+  store = warehouse_lib.Warehouse(path)
+  store.insert_feedback([{"request_id": "late", "event_time": 2050.0, "reward": 1.0}])
+  store.close()
+  # The window after the one trained up to 1700 holds it, with its late reward.
+  vertex = _FakeAiplatform(window_end=1700.0)
+  second = trigger.maybe_submit_retraining(config, 1, "t.json", vertex, bigquery, now=2400.0)
+  assert second["started"] and second["new_records"] == 1
+  assert second["window"] == {"span": 4, "begin": 1700.0, "end": 2100.0}
+
+
+def test_tick_time_is_the_cloud_events_time_to_the_second():
+  assert trigger.tick_time({"time": "2023-11-14T22:13:20.123456789Z"}) == 1_700_000_000.0

@@ -1,0 +1,125 @@
+"""The log transport for real, locally: the Pub/Sub sink publishes to Google's Pub/Sub
+emulator, a push subscription delivers to the Logger served by functions-framework, and
+a Logger failure is redelivered until the rows are stored.
+
+The emulator ships with the Cloud CLI (`gcloud beta emulators pubsub start`); the
+test starts and stops it, and skips where it is absent.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from functions import testing_utils
+from rlops import log_sinks
+from rlops import warehouse as warehouse_lib
+
+PROJECT = "rlops-test"
+TOPIC = f"projects/{PROJECT}/topics/rlops-logs"
+SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/rlops-logger"
+START_TIMEOUT_SECONDS = 90.0
+DELIVERY_TIMEOUT_SECONDS = 120.0
+LOGGER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+
+
+@contextlib.contextmanager
+def _emulator(tmp_path):
+  """Yields the emulator's host:port; stops its whole process group on exit."""
+  if shutil.which("gcloud") is None:
+    pytest.skip("the Cloud CLI (gcloud), which ships the Pub/Sub emulator, is not installed")
+  host = f"127.0.0.1:{testing_utils.free_port()}"
+  log_path = tmp_path / "emulator.log"
+  (tmp_path / "emulator-data").mkdir()
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={host}",
+         f"--project={PROJECT}", f"--data-dir={tmp_path / 'emulator-data'}"],
+        env={**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+      if process.poll() is not None:
+        pytest.skip(f"the Pub/Sub emulator did not start: {log_path.read_text()[-500:]}")
+      try:
+        httpx.get(f"http://{host}/", timeout=1.0)
+        break
+      except httpx.TransportError:
+        if time.monotonic() > deadline:
+          pytest.skip(f"the Pub/Sub emulator did not answer within {START_TIMEOUT_SECONDS} s")
+        time.sleep(0.5)
+    yield host
+  finally:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+      process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+
+
+def _message(index):
+  request_id = f"emulated-{index}"
+  return {"predictions": [{"request_id": request_id, "event_time": 100.0 + index,
+                           "observation": [0.25, -0.5], "action": index % 3, "propensity": 0.5,
+                           "model_version": "7", "source": "endpoint"}],
+          "feedback": [{"request_id": request_id, "event_time": 200.0 + index, "reward": 1.5}]}
+
+
+def _wait_for(condition, timeout):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.5)
+  return True
+
+
+def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_logger(
+    tmp_path, monkeypatch):
+  # The Logger fails while its warehouse folder is a file, as a store that is down would.
+  blocked = tmp_path / "store"
+  blocked.write_text("not a folder")
+  warehouse_path = blocked / "warehouse.sqlite"
+  with _emulator(tmp_path) as host, testing_utils.functions_framework(
+      LOGGER_SOURCE, "log_records", {"RLOPS_WAREHOUSE": str(warehouse_path)}) as logger_url:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+    from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=TOPIC)
+    subscriber.create_subscription(
+        name=SUBSCRIPTION, topic=TOPIC, ack_deadline_seconds=10,
+        push_config=pubsub_v1.types.PushConfig(push_endpoint=logger_url))
+    sink = log_sinks.PubSubSink(TOPIC, publisher=publisher)
+    for index in range(3):
+      sink.deliver(_message(index))
+
+    # Pushed and refused: nothing is stored, nothing acknowledged.
+    time.sleep(3.0)
+    assert not os.path.exists(warehouse_path)
+    blocked.unlink()
+    # Redelivered once the store is back: every record, each once.
+    def stored():
+      if not os.path.exists(warehouse_path):
+        return False
+      store = warehouse_lib.Warehouse(warehouse_path)
+      try:
+        return store.count_rewarded() == 3
+      finally:
+        store.close()
+    assert _wait_for(stored, DELIVERY_TIMEOUT_SECONDS)
+    # A redelivered copy of an acknowledged message changes nothing.
+    sink.deliver(_message(0))
+    time.sleep(3.0)
+    store = warehouse_lib.Warehouse(warehouse_path)
+    try:
+      records = store.rewarded_records()
+      assert sorted(records["request_id"]) == ["emulated-0", "emulated-1", "emulated-2"]
+    finally:
+      store.close()
