@@ -2,9 +2,8 @@
 import numpy as np
 
 from cli import main as cli
-from rlops import testing, warehouse
+from rlops import testing, warehouse, workdirs
 from rlops.config import Config
-from tfx_pipeline import local_runner
 
 
 def test_ranks_settings_from_the_warehouse_and_writes_the_best(tmp_path, capsys):
@@ -12,7 +11,7 @@ def test_ranks_settings_from_the_warehouse_and_writes_the_best(tmp_path, capsys)
   rng = np.random.default_rng(2)
   users = rng.integers(0, model.num_users, size=600)
   actions = rng.integers(0, model.num_movies, size=600)
-  store = warehouse.Warehouse(local_runner.LocalPaths(str(tmp_path)).warehouse)
+  store = warehouse.Warehouse(workdirs.LocalPaths(str(tmp_path)).warehouse)
   store.insert_predictions([
       {"request_id": f"r{i}", "event_time": 1000.0 + i, "observation": model.observe(users[i]),
        "action": int(actions[i]), "propensity": 1 / model.num_movies,
