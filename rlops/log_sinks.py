@@ -223,6 +223,12 @@ class CloudEventSink:
     response.raise_for_status()
 
 
+def limits_from_env() -> Optional[RowLimits]:
+  """The `RowLimits` in RLOPS_ROW_LIMITS (JSON, e.g. {"rank_k": 20, "num_actions": 20})."""
+  limits = os.environ.get("RLOPS_ROW_LIMITS")
+  return RowLimits(**json.loads(limits)) if limits else None
+
+
 def sink_from_env() -> LogSink:
   """The sink named by the first of these variables that is set.
 
@@ -237,7 +243,5 @@ def sink_from_env() -> LogSink:
   if os.environ.get("RLOPS_LOG_URL"):
     return CloudEventSink(os.environ["RLOPS_LOG_URL"])
   if os.environ.get("RLOPS_WAREHOUSE"):
-    limits = os.environ.get("RLOPS_ROW_LIMITS")
-    return InProcessSink(os.environ["RLOPS_WAREHOUSE"],
-                         RowLimits(**json.loads(limits)) if limits else None)
+    return InProcessSink(os.environ["RLOPS_WAREHOUSE"], limits_from_env())
   raise RuntimeError("set RLOPS_LOG_TOPIC, RLOPS_LOG_URL or RLOPS_WAREHOUSE: where logs go")

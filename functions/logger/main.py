@@ -13,6 +13,7 @@ BigQuery with RLOPS_WAREHOUSE=bq://project.dataset. Locally: the same code
 Delivery is at least once; rows are de-duplicated by request_id, so a redelivered
 message changes nothing. A failure raises, so Pub/Sub redelivers the message.
 """
+import json
 import os
 
 import functions_framework
@@ -24,8 +25,22 @@ WAREHOUSE_ENV = "RLOPS_WAREHOUSE"
 
 @functions_framework.cloud_event
 def log_records(cloud_event) -> None:
-  """Cloud Function entry point: a Pub/Sub message of prediction logs and feedback."""
+  """Cloud Function entry point: a Pub/Sub message of prediction logs and feedback.
+
+  With RLOPS_ROW_LIMITS (the served model's dimensions and ranges, `RowLimits`),
+  rows outside them are rejected alone: the others are written, and the rejected
+  rows are logged with their reasons and acknowledged, since a redelivery could
+  not change them. A failure to write raises, so Pub/Sub redelivers the message.
+  """
   uri = os.environ.get(WAREHOUSE_ENV)
   if not uri:
     raise RuntimeError(f"{WAREHOUSE_ENV} is not set")
-  log_sinks.write_message(log_sinks.decode_pubsub_event(cloud_event.data), uri)
+  message = log_sinks.decode_pubsub_event(cloud_event.data)
+  limits = log_sinks.limits_from_env()
+  if limits is None:
+    log_sinks.write_message(message, uri)
+    return
+  accepted, rejected = log_sinks.split_message(message, limits)
+  log_sinks.write_message(accepted, uri)
+  if rejected:
+    print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))

@@ -1,5 +1,6 @@
 """The Logger function as deployed: functions-framework with a Pub/Sub CloudEvent."""
 import base64
+import json
 import concurrent.futures
 import os
 
@@ -49,6 +50,24 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
   records = warehouse_lib.Warehouse(path).rewarded_records()
   assert sorted(records["request_id"]) == sorted(f"req-{i}" for i in range(35))
   assert (records["reward"] == 4.0).all() and (records["action"] == 3).all()
+
+
+def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
+  path = str(tmp_path / "warehouse.sqlite")
+  message = _message(4)
+  message["predictions"][1]["action"] = 999999  # The model has 10 actions.
+  message["predictions"][2]["observation"] = [0.5, -1.0, 2.0]  # It takes 2 values.
+  message["feedback"][3]["reward"] = 1e9
+  env = {logger.WAREHOUSE_ENV: path,
+         "RLOPS_ROW_LIMITS": json.dumps({"rank_k": 2, "num_actions": 10})}
+  with testing_utils.functions_framework(SOURCE, "log_records", env) as url:
+    headers, body = log_sinks.pubsub_cloud_event(message)
+    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+  store = warehouse_lib.Warehouse(path)
+  records = store.rewarded_records()
+  # Of four records, one keeps both its prediction and its feedback within the limits.
+  assert list(records["request_id"]) == ["req-0"]
+  assert store.count_rewarded() == 1
 
 
 def test_unknown_fields_are_rejected(tmp_path):
