@@ -421,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   demo = commands.add_parser("demo", help="run the whole local loop on embedded defaults: startup "
                               "pipeline, endpoint, simulated traffic, triggered retrainings")
-  options.add_config_arguments(demo, samples=COLD_START_SAMPLES)
+  # A cold start, served with exploration that shrinks as the model learns: round 1 serves a
+  # weak model, and the rounds show the loop improving it from its own logs.
+  options.add_config_arguments(demo, samples=COLD_START_SAMPLES, exploration="inverse_gap")
   demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,
                     help="simulated requests per round (default: %(default)s)")

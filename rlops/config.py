@@ -65,8 +65,7 @@ class AgentConfig:
     learning_rate: Adam learning rate of the neural agent.
     exploration: The serving policy's rule, one of EXPLORATION_RULES (see
       `rlops.exploration`): inverse_gap explores less as the model learns.
-      The default stays epsilon_greedy until the endpoint serves the rule
-      through `rlops.exploration.probabilities`.
+      `rlops demo` defaults to inverse_gap.
     gamma_scale: inverse_gap's gamma = gamma_scale * sqrt(records trained on).
     propensity_floor: Least probability of any arm in serving, in [0, 1 / K].
     forgetting: Linear agents' forgetting factor in (0, 1]: before each

@@ -39,3 +39,4 @@ def test_a_learning_setting_ranks_above_one_that_cannot_learn():
   assert [row["setting"]["tikhonov_weight"] for row in rows] == [0.001, 1e9]
   assert rows[0]["train_records"] == 1050 and rows[0]["eval_records"] == 450
   assert rows[0]["versus_logging"]["dr"]["low"] > 0  # better than uniform beyond doubt
+
