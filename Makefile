@@ -4,8 +4,10 @@ LOCK_PLATFORM := x86_64-unknown-linux-gnu
 WORKDIR ?= rlops-work
 # setup_env.sh installs uv here when it is not on PATH.
 UV ?= $(shell command -v uv || echo .cache/tools/bin/uv)
+# The suite's fast part, run again on Python 3.9 (the fallback route's version) in .venv39.
+PY39_TESTS := rlops functions cli/deploy_test.py
 
-.PHONY: setup demo lint test bench lock clean
+.PHONY: setup setup-py39 demo lint test test-py39 bench lock clean
 
 setup:
 	@bash setup_env.sh
@@ -20,10 +22,17 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
+setup-py39:
+	@RLOPS_VENV=.venv39 RLOPS_PYTHON_VERSION=3.9 bash setup_env.sh
+
+test-py39: setup-py39
+	.venv39/bin/python -m pytest $(PY39_TESTS)
+
 bench: setup
 	$(PY) bench/policy_quality.py
 	$(PY) bench/pipeline_cost.py
 	$(PY) bench/serving.py
+	$(PY) bench/learning_loop.py
 
 lock: setup
 	for v in 3.9 3.10; do \

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv on Python 3.9 or 3.10 and installs the locked dependencies with uv.
-# Idempotent: when .venv already matches the lock file and setup.py it returns in well under a second.
+# Creates .venv (or $RLOPS_VENV) on Python 3.9 or 3.10 and installs the locked dependencies with uv.
+# Idempotent: when the venv already matches the lock file and setup.py it returns in well under a second.
 #
 # Python is taken, in order, from $RLOPS_PYTHON, python3.10 / python3.9 on PATH, pyenv's versions,
-# and finally (Debian 12, as root) Debian 11's python3.9 packages. RLOPS_PYTHON_ROUTE=debian forces the last.
+# and finally (Debian 12, as root) Debian 11's python3.9 packages. RLOPS_PYTHON_ROUTE=debian forces the last;
+# RLOPS_PYTHON_VERSION=3.9 looks for 3.9 only (`make test-py39` builds .venv39 so).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-VENV=.venv
+VENV=${RLOPS_VENV:-.venv}
 TOOLS=.cache/tools
 log() { echo "[setup] $*" >&2; }
 
@@ -21,12 +22,13 @@ find_python() {
   if [ "${RLOPS_PYTHON_ROUTE:-}" != debian ]; then
     local candidate root version
     root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
-    for version in 3.10 3.9; do  # 3.10 first, wherever it is
+    for version in ${RLOPS_PYTHON_VERSION:-3.10 3.9}; do  # 3.10 first, wherever it is
       for candidate in "$(command -v "python$version" || true)" "$root"/versions/"$version".*/bin/"python$version"; do
         if runs_ok "$candidate"; then echo "$candidate"; return; fi
       done
     done
   fi
+  [ "${RLOPS_PYTHON_VERSION:-3.9}" = 3.9 ] || { log "no Python $RLOPS_PYTHON_VERSION found"; exit 1; }
   install_debian_python39
   echo /usr/bin/python3.9
 }

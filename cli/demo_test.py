@@ -2,12 +2,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from cli import main as cli
-from rlops import simulation, testing
+from rlops import simulation, testing, workdirs
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig
-from tfx_pipeline import local_runner
 
 
 def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_path, capsys):
@@ -17,8 +17,12 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
                    "--threshold", "500"]) == 0
   output = capsys.readouterr().out
   assert "retraining after the round" in output and (workdir / "demo_rounds.png").exists()
+  assert (workdir / "demo_learning.png").exists()
   report = json.loads((workdir / "demo_report.json").read_text())
   first, second = report["rounds"]
+  assert second["cumulative_regret"] == pytest.approx(
+      first["regret"] * 600 + second["regret"] * 600, rel=1e-6)
+  assert set(report["references"]) == {"uniform random", "online LinUCB (TF-Agents)"}
   assert first["errors"] == second["errors"] == 0
   assert first["retraining"].startswith("blessed, pushed ")
   retrained_version = first["retraining"].split()[-1]
@@ -30,7 +34,7 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
   # user whose context was sent, for exactly the movie returned.
   config = Config(data=DataConfig(seed=6), environment=EnvironmentConfig(num_movies=10, rank_k=5))
   model = simulation.MovieLensModel.from_config(config)
-  store = warehouse_lib.Warehouse(local_runner.LocalPaths(str(workdir)).warehouse)
+  store = warehouse_lib.Warehouse(workdirs.LocalPaths(str(workdir)).warehouse)
   records = store.rewarded_records()
   served = records["model_version"] != "uniform-random"
   assert served.sum() == sum(v["count"] for row in report["rounds"] for v in row["versions"].values())

@@ -33,18 +33,20 @@ import main
 entry = getattr(main, sys.argv[1])
 import functions
 bundle = os.path.realpath(os.getcwd())
-by_top_level = importlib.metadata.packages_distributions()
+
+def top_levels(dist):  # importlib.metadata.packages_distributions is new in Python 3.10.
+  declared = (dist.read_text("top_level.txt") or "").split()
+  return declared or {f.parts[0].split(".")[0] for f in dist.files or () if f.parts[0] != ".."}
+
+by_top_level = {}
+for dist in importlib.metadata.distributions():
+  for top in top_levels(dist):
+    by_top_level.setdefault(top, []).append(dist)
 
 def owner(name, origin):
-  top = name.split(".")[0]
-  for candidate in by_top_level.get(top) or [top]:  # No top_level.txt: try the same name.
-    try:
-      files = importlib.metadata.files(candidate) or []
-    except importlib.metadata.PackageNotFoundError:
-      continue
-    if any(os.path.realpath(importlib.metadata.distribution(candidate).locate_file(f)) == origin
-           for f in files):
-      return candidate
+  for dist in by_top_level.get(name.split(".")[0], []):
+    if any(os.path.realpath(dist.locate_file(f)) == origin for f in dist.files or ()):
+      return dist.metadata["Name"]
   return None
 
 direct = set()

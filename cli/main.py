@@ -12,8 +12,11 @@ from typing import List, Optional
 
 from cli import options
 from cli.options import WorkdirError, config_from_args
-from rlops import movielens
+from rlops import movielens, workdirs
 from rlops.config import Config, ConfigError
+
+# Startup samples of the demo: few, so that the loop visibly learns from its own logs.
+COLD_START_SAMPLES = 300
 
 
 def _quiet_known_noise() -> None:
@@ -63,14 +66,15 @@ def _train(config: Config, samples: int) -> dict:
   everyone = np.arange(model.num_users)
   report = {
       "agent": config.agent.name,
+      "exploration": config.agent.exploration,
       "num_movies": model.num_movies,
       "rank_k": model.rank_k,
       "users": model.num_users,
       "reconstruction_rmse": model.reconstruction_rmse,
       "online": curve.summary(),
       "greedy": training.evaluate_policy(agents.greedy_policy(agent), model, everyone),
-      "serving": training.evaluate_policy(agents.serving_policy(agent, config.agent.epsilon),
-                                          model, everyone),
+      "serving": training.evaluate_policy(
+          agents.serving_policy(agent, config.agent, curve.regret.size), model, everyone),
   }
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def _print_train_report(report: dict, workdir: str) -> None:
         f"mean reward {online['mean_reward']:.3f}, regret over the last 10% {online['final_regret']:.3f}")
   print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, regret {greedy['regret']:.3f}, "
         f"optimal action {greedy['optimal_action_share']:.1%}")
-  print(f"  serving policy (epsilon-greedy):  reward {serving['reward']:.3f}, "
+  print(f"  serving policy ({report['exploration']}):  reward {serving['reward']:.3f}, "
         f"regret {serving['regret']:.3f}")
   print(f"  report: {workdir}/train_report.json, plot: {workdir}/train_regret.png")
 
@@ -110,7 +114,8 @@ def _print_run(result: dict) -> None:
     return
   evaluation = result["evaluation"]
   candidate, baseline = evaluation["candidate"], evaluation["baseline"]
-  warm = result.get("warm_started_from") or "nothing (from scratch)"
+  warm = (f"model {result['warm_started_from_model']}" if result.get("warm_started_from_model")
+          else "nothing (from scratch)")
   print(f"  trained: {result['agent']} model {result['model_id']} on {result['samples']} records, "
         f"warm-started from {warm}")
   print(f"  estimates on {evaluation['eval_records']} held-out records (95% bootstrap intervals):")
@@ -169,29 +174,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
   for name in ("rounds", "requests", "threshold"):
     if getattr(args, name) < 1:
       raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
+  if args.drift_at_round is not None and not 2 <= args.drift_at_round <= args.rounds:
+    raise ConfigError(f"--drift-at-round must be between 2 and --rounds, got {args.drift_at_round}")
   _check_data(config)
   config = _start_workdir(config, args.force)
   from cli import demo  # pylint: disable=import-outside-toplevel
   report = demo.run_demo(config, rounds=args.rounds, requests_per_round=args.requests,
-                         threshold=args.threshold)
+                         threshold=args.threshold, drift_at_round=args.drift_at_round)
   demo.print_table(report)
-  print(f"\nreport: {config.workdir}/demo_report.json, plot: {config.workdir}/demo_rounds.png")
+  print(f"\nreport: {config.workdir}/demo_report.json, plots: {config.workdir}/demo_rounds.png, "
+        f"{config.workdir}/demo_learning.png")
+  return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+  """Ranks learning settings offline on the warehouse's logged records."""
+  config = config_from_args(args)
+  from rlops import offline_evaluation  # pylint: disable=import-outside-toplevel
+  settings = [offline_evaluation.parse_setting(text, config.agent)
+              for text in (args.setting or [""])]
+  from rlops import plots, warehouse  # pylint: disable=import-outside-toplevel
+  store = warehouse.Warehouse(workdirs.LocalPaths(config.workdir).warehouse)
+  try:
+    records = store.rewarded_records()
+  finally:
+    store.close()
+  rows = offline_evaluation.compare(
+      records, settings, config.environment.num_movies, config.environment.rank_k,
+      newer_share=args.newer_share, bootstrap_samples=config.pipeline.bootstrap_samples,
+      seed=config.environment.seed, progress=True)
+  labels = [offline_evaluation.describe(row["setting"], config.agent) for row in rows]
+  print(f"\ntrained on the older {rows[0]['train_records']} records, estimated on the newer "
+        f"{rows[0]['eval_records']}; versus logging: paired difference with its 95% interval")
+  print(f"{'rank':>4}  {'DR':>7} {'interval':>17}  {'SNIPS':>7}  {'versus logging':>26}  setting")
+  for rank, (row, label) in enumerate(zip(rows, labels), 1):
+    dr, versus = row["estimates"]["dr"], row["versus_logging"]["dr"]
+    print(f"{rank:>4}  {dr['value']:>7.4f} [{dr['low']:>7.4f}, {dr['high']:>7.4f}]  "
+          f"{row['estimates']['snips']['value']:>7.4f}  {versus['value']:>+8.4f} "
+          f"[{versus['low']:>+7.4f}, {versus['high']:>+7.4f}]  {label}")
+  os.makedirs(config.workdir, exist_ok=True)
+  plot = plots.offline_comparison(rows, labels, os.path.join(config.workdir, "evaluate.png"))
+  with open(os.path.join(config.workdir, "evaluate_report.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  print(f"report: {config.workdir}/evaluate_report.json, plot: {plot}")
+  if args.write_config:
+    from rlops import model_io  # pylint: disable=import-outside-toplevel
+    best = model_io.agent_config_of({"agent": rows[0]["setting"]})
+    with open(args.write_config, "w") as f:
+      f.write(config.replace(agent=best).to_json())
+    print(f"best setting written as the configuration: {args.write_config}")
   return 0
 
 
 def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
   if args.logger_url:
     return log_sinks.CloudEventSink(args.logger_url)
-  return log_sinks.InProcessSink(local_runner.LocalPaths(config.workdir).warehouse)
+  return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
+  if args.workers < 1:
+    raise ConfigError(f"--workers must be positive, got {args.workers}")
   from rlops import model_io  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  model_dir = args.model or local_runner.LocalPaths(config.workdir).serving
+  paths = workdirs.LocalPaths(config.workdir)
+  model_dir = args.model or paths.serving
   if not os.path.isdir(model_dir):
     raise WorkdirError(f"no model at {model_dir}: run `rlops pipeline startup` first, or pass "
                        "--model a pushed model directory")
@@ -201,13 +249,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
       raise WorkdirError(str(error)) from error
     print(f"serving {model_dir} (newest version {version}) at "
-          f"http://{args.host}:{args.port}{'/predict'}", flush=True)
-  import uvicorn  # pylint: disable=import-outside-toplevel
-  from rlops import server  # pylint: disable=import-outside-toplevel
-  app = server.create_app(model_dir, _sink(args, config),
-                          outbox_path=os.path.join(config.workdir, "outbox.jsonl"))
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-  return 0
+          f"http://{args.host}:{args.port}/predict", flush=True)
+  from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE"):
+    os.environ.pop(name, None)
+  os.environ.update({
+      "AIP_STORAGE_URI": model_dir, "AIP_HTTP_PORT": str(args.port),
+      "RLOPS_HOST": args.host, "RLOPS_WORKERS": str(args.workers),
+      "RLOPS_OUTBOX": paths.outbox,
+      **({"RLOPS_LOG_URL": args.logger_url} if args.logger_url
+         else {"RLOPS_WAREHOUSE": paths.warehouse})})
+  return server.main()
+
+
+def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  from rlops.serving import outbox  # pylint: disable=import-outside-toplevel
+  files = args.path or sorted(str(path) for path in pathlib.Path(config.workdir).glob(
+      "outbox*" + outbox.dead_letter_path(".jsonl")))
+  sink = _sink(args, config)
+  counts = {path: outbox.replay_dead_letters(path, sink) for path in files}
+  print(json.dumps(counts, indent=2))
+  return 0 if all(count["rejected"] == 0 for count in counts.values()) else 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -290,8 +353,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
-  path = local_runner.LocalPaths(args.workdir).metadata
+  from tfx_pipeline import metadata  # pylint: disable=import-outside-toplevel
+  path = workdirs.LocalPaths(args.workdir).metadata
   if not os.path.exists(path):
     raise WorkdirError(f"no pipeline metadata at {path}: run `rlops pipeline startup` first")
   store = metadata.connect(path)
@@ -307,20 +370,29 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
       raise WorkdirError(f"no Model artifact with id {args.model} in {path}")
     model = models[0]
   chain = metadata.lineage(store, model)
+  if args.graph:
+    from rlops import plots  # pylint: disable=import-outside-toplevel
+    plots.lineage_graph(chain, args.graph)
+  if args.json:
+    print(json.dumps(chain, indent=2, sort_keys=True))
+    return 0
+  from tfx_pipeline import windows  # pylint: disable=import-outside-toplevel
   for depth, link in enumerate(chain):
     indent = "  " * depth
     m, outcome = link["model"], link["outcome"]
     print(f"{indent}model {m['id']} ({m.get('agent')}, {m.get('samples')} records) {m['uri']}")
     print(f"{indent}  blessed: {outcome.get('blessed')}, pushed: {outcome.get('pushed_destination')}")
-    print(f"{indent}  trained on examples {link['examples']['id']} span {link['examples']['span']} "
-          f"{link['examples']['uri']}")
+    print(f"{indent}  trained on examples {link['examples']['id']} (span {link['examples']['span']}, "
+          f"records logged before {windows.iso(m['window_end'])}) {link['examples']['uri']}")
     print(f"{indent}  pipeline run {link['pipeline_run']}")
     if link["generator"]:
       g = link["generator"]
       print(f"{indent}  generator execution {g['execution_id']}: {g.get('record_count')} records "
-            f"by {g.get('logging_policy')} at {g.get('event_time')}")
+            f"by {g.get('logging_policy')} at {windows.iso(g['event_time'])}")
     if depth + 1 < len(chain):
       print(f"{indent}  warm-started from:")
+  if args.graph:
+    print(f"graph: {args.graph}")
   return 0
 
 
@@ -349,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   demo = commands.add_parser("demo", help="run the whole local loop on embedded defaults: startup "
                               "pipeline, endpoint, simulated traffic, triggered retrainings")
-  options.add_config_arguments(demo)
+  options.add_config_arguments(demo, samples=COLD_START_SAMPLES)
   demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,
                     help="simulated requests per round (default: %(default)s)")
@@ -357,7 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new rewarded records that trigger a retraining (default: %(default)s)")
   demo.add_argument("--force", action="store_true",
                     help="clear a workdir of an earlier run first (default: refuse a used workdir)")
+  demo.add_argument("--drift-at-round", type=int, default=None,
+                    help="round from which the users' preferences shift (default: no drift)")
   demo.set_defaults(handler=_cmd_demo)
+
+  evaluate = commands.add_parser(
+      "evaluate", help="rank learning settings offline on the warehouse's logged records")
+  options.add_config_arguments(evaluate)
+  evaluate.add_argument("--setting", action="append", default=None,
+                        help="a candidate as AgentConfig fields over the options above, e.g. "
+                             "name=lints,alpha=0.5 or exploration=inverse_gap,gamma_scale=50; "
+                             "repeat for more (default: the options alone)")
+  evaluate.add_argument("--newer-share", type=float, default=0.3,
+                        help="share of the newest records the settings are estimated on "
+                             "(default: %(default)s)")
+  evaluate.add_argument("--write-config", default=None,
+                        help="write the best setting's configuration (Config JSON) here")
+  evaluate.set_defaults(handler=_cmd_evaluate)
 
   serve = commands.add_parser("serve", help="serve the newest pushed model over HTTP")
   options.add_config_arguments(serve)
@@ -366,9 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
   serve.add_argument("--host", default="127.0.0.1",
                      help="address to bind (default: %(default)s, this machine only)")
   serve.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+  serve.add_argument("--workers", type=int, default=1,
+                     help="server processes sharing the port, each with its own outbox "
+                          "WORKDIR/outbox-<i>.jsonl (default: %(default)s, WORKDIR/outbox.jsonl)")
   serve.add_argument("--logger-url", default=None,
                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
   serve.set_defaults(handler=_cmd_serve)
+
+  replay = commands.add_parser(
+      "replay-dead-letters",
+      help="deliver the prediction logs the warehouse rejected again (after a fix)")
+  options.add_config_arguments(replay)
+  replay.add_argument("path", nargs="*",
+                      help="dead-letter files (default: WORKDIR/outbox*.jsonl.dead.jsonl)")
+  replay.add_argument("--logger-url", default=None,
+                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+  replay.set_defaults(handler=_cmd_replay_dead_letters)
 
   simulate = commands.add_parser("simulate", help="send simulated users' requests and their feedback")
   options.add_config_arguments(simulate)
@@ -443,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'latest' pushed, or a Model artifact id (default: %(default)s)")
   lineage.add_argument("--workdir", default=Config().workdir,
                        help="the workdir of the runs (default: %(default)s)")
+  lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+  lineage.add_argument("--graph", default=None, metavar="PNG",
+                       help="also draw the chain as a picture into this PNG file")
   lineage.set_defaults(handler=_cmd_lineage)
 
   data = commands.add_parser("data", help="MovieLens data: generate, download, describe")

@@ -10,6 +10,7 @@ import pytest
 
 from cli import main as cli
 from cli import options
+from rlops import workdirs
 from rlops.config import Config
 from tfx_pipeline import metadata
 
@@ -115,7 +116,7 @@ def test_workdir_state_is_checked_before_any_work(tmp_path, capsys):
   assert "--force" in _one_line_reason(capsys, "workdir error")
   assert cli.main(["pipeline", "retrain", "--workdir", str(used), "--agent", "lints"]) == 2
   assert "--agent lints (it has linucb)" in _one_line_reason(capsys, "configuration error")
-  assert sorted(os.listdir(used)) == [options.CONFIG_FILE]
+  assert os.listdir(used) == [os.path.basename(workdirs.LocalPaths(str(used)).config)]
 
 
 def test_lineage_and_submit_arguments_are_checked(tmp_path, capsys):
@@ -144,3 +145,16 @@ def test_version():
   result = subprocess.run([RLOPS, "--version"], capture_output=True, text=True, timeout=60,
                           check=True)
   assert re.fullmatch(r"rlops \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, capsys):
+  row = {"request_id": "r1", "event_time": 1.0, "observation": [0.5], "action": 1,
+         "propensity": 0.5, "model_version": "1", "source": "endpoint"}
+  dead = tmp_path / "outbox-0.jsonl.dead.jsonl"
+  dead.write_text(json.dumps({"row": row, "reason": "warehouse was read-only"}) + "\n"
+                  + json.dumps({"row": {**row, "request_id": "r2", "propensity": 2.0},
+                                "reason": "propensity must be in (0, 1]"}) + "\n")
+  assert cli.main(["replay-dead-letters", "--workdir", str(tmp_path)]) == 1
+  assert json.loads(capsys.readouterr().out) == {str(dead): {"delivered": 1, "rejected": 1}}
+  assert [json.loads(line)["row"]["request_id"] for line in dead.read_text().splitlines()] == [
+      "r2"]

@@ -2,7 +2,7 @@
 
 Each option is declared once, with the `Config` field it sets and its help text;
 its default is that field's default. A workdir remembers the configuration its
-startup run used (`rlops_config.json`), and later commands on it start from that
+startup run used (`workdirs.LocalPaths.config`), and later commands on it start from that
 configuration: an option given on the command line must agree with it.
 """
 import argparse
@@ -11,9 +11,8 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from rlops.config import AGENT_NAMES, Config, ConfigError, GcpConfig
-
-CONFIG_FILE = "rlops_config.json"
+from rlops import workdirs
+from rlops.config import AGENT_NAMES, EXPLORATION_RULES, Config, ConfigError, GcpConfig
 
 
 class WorkdirError(Exception):
@@ -50,7 +49,16 @@ CONFIG_OPTIONS = (
     Option("--agent", "agent", "name", str, "the TF-Agents bandit agent", AGENT_NAMES),
     Option("--alpha", "agent", "alpha", float,
            "LinUCB/LinTS exploration weight (default: 10 for linucb, 1 for lints)"),
-    Option("--epsilon", "agent", "epsilon", float, "serving-policy exploration"),
+    Option("--epsilon", "agent", "epsilon", float,
+           "exploration of the epsilon_greedy rule and of the neural agent"),
+    Option("--exploration", "agent", "exploration", str,
+           "serving-policy rule; inverse_gap explores less as the model learns", EXPLORATION_RULES),
+    Option("--gamma-scale", "agent", "gamma_scale", float,
+           "inverse_gap: gamma = gamma_scale * sqrt(records trained on)"),
+    Option("--propensity-floor", "agent", "propensity_floor", float,
+           "least serving probability of any movie, at most 1/num_movies"),
+    Option("--forgetting", "agent", "forgetting", float,
+           "linear agents' forgetting factor per training batch, in (0, 1]; 1 keeps all data"),
     Option("--samples", "pipeline", "samples", int,
            "interactions the startup Generator logs, or online training steps' samples"),
     Option("--gate-tolerance", "pipeline", "gate_tolerance", float,
@@ -58,19 +66,26 @@ CONFIG_OPTIONS = (
 )
 
 
-def _help(option: Option) -> str:
+def _help(option: Option, default: Any) -> str:
   if "(default:" in option.help:
     return option.help
-  return f"{option.help} (default: {option.default()})"
+  return f"{option.help} (default: {default})"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds --workdir and every configuration option; unset options stay None."""
+def add_config_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+  """Adds --workdir and every configuration option; unset options stay None.
+
+  Args:
+    parser: The command's parser.
+    **defaults: The command's own defaults, by option name (e.g. samples=300):
+      set as if given, so they apply only where a command starts a workdir.
+  """
   parser.add_argument("--workdir", default=Config().workdir,
                       help="where the state and outputs go (default: %(default)s)")
   for option in CONFIG_OPTIONS:
-    parser.add_argument(option.flag, type=option.type, default=None, choices=option.choices,
-                        help=_help(option))
+    default = defaults.get(option.dest)
+    parser.add_argument(option.flag, type=option.type, default=default, choices=option.choices,
+                        help=_help(option, option.default() if default is None else default))
   parser.add_argument("--no-warm-start", action="store_true", default=None,
                       help="retrain from scratch instead of from the latest blessed model")
 
@@ -105,7 +120,7 @@ def check_workdir_writable(workdir: str) -> None:
 
 def remembered(workdir: str) -> Optional[Config]:
   """The configuration the workdir's startup run used; None for a new workdir."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = workdirs.LocalPaths(workdir).config
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -115,7 +130,7 @@ def remembered(workdir: str) -> Optional[Config]:
 def remember(config: Config) -> None:
   """Writes the configuration into its workdir, for the commands that follow."""
   os.makedirs(config.workdir, exist_ok=True)
-  with open(os.path.join(config.workdir, CONFIG_FILE), "w") as f:
+  with open(workdirs.LocalPaths(config.workdir).config, "w") as f:
     f.write(json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True))
 
 
@@ -190,9 +205,9 @@ def config_from_args(args: argparse.Namespace, *, starts_workdir: bool = False) 
   base = None if starts_workdir else remembered(args.workdir)
   given = given_options(args)
   if base is not None:
-    conflicts = [f"{_flag(section, field)} {value} (it has {getattr(getattr(base, section), field)})"
-                 for (section, field), value in given.items()
-                 if getattr(getattr(base, section), field) != value]
+    started = {key: getattr(getattr(base, key[0]), key[1]) for key in given}
+    conflicts = [f"{_flag(*key)} {value} (it has {started[key]})"
+                 for key, value in given.items() if started[key] != value]
     if conflicts:
       raise ConfigError(f"{args.workdir} was started with another configuration: "
                         + "; ".join(conflicts) + ". Drop the option or use another --workdir")

@@ -1,19 +1,19 @@
 """Keys of the custom components' inputs, outputs and execution properties.
 
-The artifact keys TFX's standard components share are TFX's own constants, so a
-Resolver, Pusher or metadata query names them the same way.
+The artifact keys the components share with TFX's standard ones have TFX's values
+(keys_test checks them against `tfx.types.standard_component_specs`), so a
+Resolver, Pusher or metadata query names them the same way. Plain strings: ML
+Metadata queries import this without TFX or TensorFlow.
 """
-from tfx.types import standard_component_specs
-
 # Artifacts.
-EXAMPLES_KEY = standard_component_specs.EXAMPLES_KEY
-MODEL_KEY = standard_component_specs.MODEL_KEY
-BASE_MODEL_KEY = standard_component_specs.BASE_MODEL_KEY
-BASELINE_MODEL_KEY = standard_component_specs.BASELINE_MODEL_KEY
-MODEL_RUN_KEY = standard_component_specs.MODEL_RUN_KEY
-BLESSING_KEY = standard_component_specs.BLESSING_KEY
-EVALUATION_KEY = standard_component_specs.EVALUATION_KEY
-PUSHED_MODEL_KEY = standard_component_specs.PUSHED_MODEL_KEY
+EXAMPLES_KEY = "examples"
+MODEL_KEY = "model"
+BASE_MODEL_KEY = "base_model"
+BASELINE_MODEL_KEY = "baseline_model"
+MODEL_RUN_KEY = "model_run"
+BLESSING_KEY = "blessing"
+EVALUATION_KEY = "evaluation"
+PUSHED_MODEL_KEY = "pushed_model"
 INTERACTIONS_KEY = "interactions"
 
 # Execution properties: configuration sections (as JSON) and values.

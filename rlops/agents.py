@@ -15,6 +15,7 @@ from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import policy_step
 from tf_agents.trajectories import time_step as ts
 
+from rlops import exploration
 from rlops.config import AgentConfig
 
 
@@ -31,6 +32,7 @@ def create_agent(config: AgentConfig, time_step_spec, action_spec) -> tf_agent.T
         action_spec=action_spec,
         alpha=config.effective_alpha,
         tikhonov_weight=config.tikhonov_weight,
+        gamma=config.forgetting,
         dtype=tf.float32)
   network = q_network.QNetwork(
       input_tensor_spec=time_step_spec.observation,
@@ -118,39 +120,52 @@ def greedy_policy(agent: tf_agent.TFAgent) -> tf_policy.TFPolicy:
   raise TypeError(f"no greedy policy for {type(agent).__name__}")
 
 
-class ExactEpsilonGreedyPolicy(tf_policy.TFPolicy):
-  """Epsilon-greedy over a deterministic policy, with exact propensities.
+def estimated_rewards_fn(agent: tf_agent.TFAgent) -> Callable:
+  """`estimated_rewards(observations) -> [batch, K]`: the agent's reward estimate of every arm.
 
-  The greedy arm has probability 1 - epsilon + epsilon / K and every other arm
-  epsilon / K, so every arm keeps a positive propensity for off-policy
-  estimation. `info.log_probability` is the log of the chosen arm's exact
+  Linear agents: the per-arm ridge mean (no confidence bonus: with a small
+  Tikhonov weight an arm without data would score far above every other and
+  take the whole round between two retrainings). The neural agent: its
+  reward network's output.
+  """
+  if isinstance(agent, linear_bandit_agent.LinearBanditAgent):
+    return lambda observations: linear_scores(linear_arms(agent), observations, alpha=0.0)
+  if isinstance(agent, neural_epsilon_greedy_agent.NeuralEpsilonGreedyAgent):
+    network = agent._reward_network  # pylint: disable=protected-access
+    return lambda observations: network(observations, training=False)[0]
+  raise TypeError(f"no reward estimates for {type(agent).__name__}")
+
+
+class ExactExplorationPolicy(tf_policy.TFPolicy):
+  """The serving policy: an exploration rule over the agent's estimated rewards.
+
+  The action probabilities are `rlops.exploration.probabilities`, the function
+  the endpoint, the Evaluator and the regret computations use, so every
+  propensity is exact. `info.log_probability` is the log of the chosen arm's
   probability (TF-Agents' own `EpsilonGreedyPolicy` reports 1 - epsilon for
   the greedy arm).
   """
 
-  def __init__(self, greedy: tf_policy.TFPolicy, epsilon: float, name: Optional[str] = None):
-    if not 0.0 <= epsilon <= 1.0:
-      raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    self._greedy = greedy
-    self._epsilon = epsilon
-    spec = greedy.action_spec
+  def __init__(self, agent: tf_agent.TFAgent, rule: AgentConfig, trained_records: float,
+               name: Optional[str] = None):
+    rule.validate()
+    spec = agent.action_spec
     if spec.minimum != 0:
       raise ValueError(f"actions must start at 0, got minimum {spec.minimum}")
-    self._num_actions = int(spec.maximum) + 1
-    super().__init__(greedy.time_step_spec, spec, emit_log_probability=True, name=name)
-
-  @property
-  def epsilon(self) -> float:
-    return self._epsilon
+    self._agent = agent
+    self._estimated_rewards = estimated_rewards_fn(agent)
+    self._rule = rule
+    self._trained_records = float(trained_records)
+    super().__init__(agent.time_step_spec, spec, emit_log_probability=True, name=name)
 
   def _variables(self):
-    return self._greedy.variables()
+    return self._agent.policy.variables()
 
   def probabilities(self, time_step) -> tf.Tensor:
     """[batch, K] probability of each arm."""
-    greedy_action = self._greedy.action(time_step).action
-    one_hot = tf.one_hot(greedy_action, self._num_actions)
-    return self._epsilon / self._num_actions + (1.0 - self._epsilon) * one_hot
+    observations = tf.cast(time_step.observation, tf.float32)
+    return exploration.probabilities(self._estimated_rewards(observations), self._rule,
+                                     self._trained_records)
 
   def _distribution(self, time_step, policy_state):
     distribution = tfp.distributions.Categorical(
@@ -158,5 +173,8 @@ class ExactEpsilonGreedyPolicy(tf_policy.TFPolicy):
     return policy_step.PolicyStep(distribution, policy_state, ())
 
 
-def serving_policy(agent: tf_agent.TFAgent, epsilon: float) -> ExactEpsilonGreedyPolicy:
-  return ExactEpsilonGreedyPolicy(greedy_policy(agent), epsilon)
+def serving_policy(agent: tf_agent.TFAgent, rule: AgentConfig,
+                   trained_records: float) -> ExactExplorationPolicy:
+  """The agent's serving policy under the exploration `rule`, for a model trained on
+  `trained_records` records."""
+  return ExactExplorationPolicy(agent, rule, trained_records)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlops import agents, environment, testing, training
+from rlops import agents, environment, exploration, testing, training
 from rlops.config import AGENT_NAMES, AgentConfig, ConfigError
 
 
@@ -30,8 +30,10 @@ def test_every_agent_has_a_greedy_and_a_serving_policy(name):
   agent = _trained_agent(name, samples=80)
   observations = testing.small_model().user_vectors[:5]
   greedy = agents.greedy_policy(agent).action(agents.restart(observations)).action.numpy()
-  probabilities = agents.serving_policy(agent, 0.2).probabilities(agents.restart(observations))
-  np.testing.assert_array_equal(np.argmax(probabilities, axis=1), greedy)
+  for rule in (AgentConfig(exploration="epsilon_greedy", epsilon=0.2),
+               AgentConfig(exploration="inverse_gap")):
+    probabilities = agents.serving_policy(agent, rule, 80).probabilities(agents.restart(observations))
+    np.testing.assert_array_equal(np.argmax(probabilities, axis=1), greedy)
 
 
 def test_linear_scores_match_tf_agents_linucb():
@@ -47,7 +49,8 @@ def test_linear_scores_match_tf_agents_linucb():
 def test_serving_propensities_are_exact():
   agent = _trained_agent("linucb", samples=200)
   epsilon, num_actions = 0.3, testing.small_model().num_movies
-  policy = agents.serving_policy(agent, epsilon)
+  policy = agents.serving_policy(
+      agent, AgentConfig(exploration="epsilon_greedy", epsilon=epsilon, propensity_floor=0.0), 200)
   observations = np.repeat(testing.small_model().user_vectors[:1], 20_000, axis=0)
   time_step = agents.restart(observations)
   probabilities = policy.probabilities(time_step).numpy()
@@ -66,5 +69,20 @@ def test_serving_propensities_are_exact():
 
 def test_epsilon_must_be_a_probability():
   agent = _trained_agent("linucb", samples=8)
-  with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\]"):
-    agents.serving_policy(agent, 1.5)
+  with pytest.raises(ConfigError, match=r"epsilon must be in \[0, 1\]"):
+    agents.serving_policy(agent, AgentConfig(epsilon=1.5), 8)
+
+
+def test_inverse_gap_policy_follows_the_rule_and_explores_less_when_trained_more():
+  agent = _trained_agent("linucb", samples=400)
+  observations = testing.small_model().user_vectors
+  estimates = agents.estimated_rewards_fn(agent)(tf.constant(observations)).numpy()
+  rule = AgentConfig(exploration="inverse_gap", gamma_scale=5.0, propensity_floor=0.0)
+  costs = []
+  for records in (100, 10_000):
+    probabilities = agents.serving_policy(agent, rule, records).probabilities(
+        agents.restart(observations)).numpy()
+    np.testing.assert_allclose(probabilities, exploration.probabilities(estimates, rule, records),
+                               atol=1e-5)
+    costs.append(1 - probabilities.max(axis=1).mean())
+  assert costs[1] < costs[0] / 5

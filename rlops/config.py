@@ -6,6 +6,7 @@ import re
 from typing import Any, Optional, Tuple, Type, TypeVar
 
 AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
+EXPLORATION_RULES = ("inverse_gap", "epsilon_greedy")
 Section = TypeVar("Section")
 
 
@@ -57,11 +58,24 @@ class AgentConfig:
     alpha: Exploration weight of LinUCB's bonus and LinTS's posterior scale;
       None: 10 for LinUCB, 1 for LinTS (TF-Agents' MovieLens example).
     tikhonov_weight: Ridge regularisation of the linear agents.
-    epsilon: Exploration of the serving policy (and of the neural agent): the
-      greedy arm has propensity 1 - epsilon + epsilon / K, every other arm
-      epsilon / K.
+    epsilon: Exploration of the neural agent in training, and of the serving
+      policy under the epsilon_greedy rule: the greedy arm has propensity
+      1 - epsilon + epsilon / K, every other arm epsilon / K.
     hidden_units: Layers of the neural agent's reward network.
     learning_rate: Adam learning rate of the neural agent.
+    exploration: The serving policy's rule, one of EXPLORATION_RULES (see
+      `rlops.exploration`): inverse_gap explores less as the model learns.
+      The default stays epsilon_greedy until the endpoint serves the rule
+      through `rlops.exploration.probabilities`.
+    gamma_scale: inverse_gap's gamma = gamma_scale * sqrt(records trained on).
+    propensity_floor: Least probability of any arm in serving, in [0, 1 / K].
+    forgetting: Linear agents' forgetting factor in (0, 1]: before each
+      training batch their statistics are multiplied by it, so older data
+      weigh less; 1 keeps everything.
+    drift_shortfall: When the served reward falls this far (reward units) below
+      what the serving model predicted for its own choices, the Trigger retrains
+      without waiting for enough records, and the Trainer restarts the
+      exploration's record count. None: never.
   """
   name: str = "linucb"
   alpha: Optional[float] = None
@@ -69,6 +83,11 @@ class AgentConfig:
   epsilon: float = 0.05
   hidden_units: Tuple[int, ...] = (50, 50, 50)
   learning_rate: float = 0.005
+  exploration: str = "epsilon_greedy"
+  gamma_scale: float = 20.0
+  propensity_floor: float = 0.0
+  forgetting: float = 1.0
+  drift_shortfall: Optional[float] = 0.5
 
   @property
   def effective_alpha(self) -> float:
@@ -93,6 +112,17 @@ class AgentConfig:
       raise ConfigError(f"hidden_units must be positive sizes, got {self.hidden_units}")
     if self.learning_rate <= 0:
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.exploration not in EXPLORATION_RULES:
+      raise ConfigError(f"unknown exploration rule {self.exploration!r}; choose one of "
+                        f"{', '.join(EXPLORATION_RULES)}")
+    if self.gamma_scale <= 0:
+      raise ConfigError(f"gamma_scale must be positive, got {self.gamma_scale}")
+    if not 0.0 <= self.propensity_floor < 1.0:
+      raise ConfigError(f"propensity_floor must be in [0, 1), got {self.propensity_floor}")
+    if not 0.0 < self.forgetting <= 1.0:
+      raise ConfigError(f"forgetting must be in (0, 1], got {self.forgetting}")
+    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
+      raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
 
 GATE_METRICS = ("dr", "snips", "ips", "oracle")
@@ -258,6 +288,9 @@ class Config:
     self.environment.validate()
     self.agent.validate()
     self.pipeline.validate()
+    if self.agent.propensity_floor * self.environment.num_movies > 1.0:
+      raise ConfigError(f"propensity_floor must be at most 1 / num_movies "
+                        f"({1 / self.environment.num_movies:.4g}), got {self.agent.propensity_floor}")
     if self.agent.is_linear and self.pipeline.epochs != 1:
       raise ConfigError("linear agents train in one pass over the data: epochs must be 1")
     if self.gcp is not None:

@@ -5,6 +5,7 @@ A message is JSON: {"predictions": [...], "feedback": [...]}, either list option
 in `rlops.warehouse`. Delivery is at least once; the warehouse de-duplicates by request_id.
 """
 import base64
+import dataclasses
 import functools
 import json
 import os
@@ -12,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Dict, Protocol
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import httpx
 
@@ -23,7 +24,11 @@ _TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 
 
 class LogSink(Protocol):
-  """Delivers one message {"predictions": [...], "feedback": [...]}; raises on failure."""
+  """Delivers one message {"predictions": [...], "feedback": [...]}; raises on failure.
+
+  ValueError means the message is rejected for good (a row the warehouse cannot
+  store): sending it again cannot succeed. Any other exception is retryable.
+  """
 
   def deliver(self, message: Dict[str, Any]) -> None:
     ...
@@ -63,14 +68,93 @@ def write_message(message: Dict[str, Any], warehouse_uri: str) -> Dict[str, int]
           "feedback": store.insert_feedback(message.get("feedback", []))}
 
 
-class InProcessSink:
-  """Runs the Logger's code in this process, writing to a SQLite path or bq:// warehouse."""
+class RejectedMessage(ValueError):
+  """Rows of a message were refused for good (by the Logger, or by `RowLimits`)."""
 
-  def __init__(self, warehouse_uri: str):
+
+@dataclasses.dataclass(frozen=True)
+class RowLimits:
+  """What the served model produces and takes: a row outside is rejected alone, with a reason.
+
+  Attributes:
+    rank_k: Length of every observation.
+    num_actions: Actions are in [0, num_actions).
+    min_propensity: Smallest propensity a serving policy logs; below it a row cannot be
+      the policy's (and would blow up importance weights).
+    min_reward, max_reward: Range of a plausible reward.
+  """
+  rank_k: int
+  num_actions: int
+  min_propensity: float = 1e-6
+  min_reward: float = -100.0
+  max_reward: float = 100.0
+
+  def prediction_problem(self, row: Dict[str, Any]) -> Optional[str]:
+    """Why the warehouse or these limits refuse a prediction row; None if they do not."""
+    try:
+      request_id, _, _, action, propensity, _, _ = warehouse_lib.prediction_values(row)
+    except ValueError as error:
+      return str(error)
+    if len(row["observation"]) != self.rank_k:
+      return (f"request_id {request_id!r}: observation has {len(row['observation'])} values, "
+              f"the model takes {self.rank_k}")
+    if action >= self.num_actions:
+      return f"request_id {request_id!r}: action {action} is not below {self.num_actions}"
+    if propensity < self.min_propensity:
+      return (f"request_id {request_id!r}: propensity {propensity!r} is below "
+              f"{self.min_propensity!r}")
+    return None
+
+  def feedback_problem(self, row: Dict[str, Any]) -> Optional[str]:
+    """Why the warehouse or these limits refuse a feedback row; None if they do not."""
+    try:
+      request_id, _, reward = warehouse_lib.feedback_values(row)
+    except ValueError as error:
+      return str(error)
+    if not self.min_reward <= reward <= self.max_reward:
+      return (f"request_id {request_id!r}: reward {reward!r} is outside "
+              f"[{self.min_reward!r}, {self.max_reward!r}]")
+    return None
+
+
+def split_message(message: Dict[str, Any],
+                  limits: RowLimits) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+  """(the message of the rows `limits` accept, [{"row", "reason"}] of the others)."""
+  accepted, rejected = {}, []
+  for kind, problem in (("predictions", limits.prediction_problem),
+                        ("feedback", limits.feedback_problem)):
+    if kind not in message:
+      continue
+    accepted[kind] = []
+    for row in message[kind]:
+      reason = problem(row)
+      if reason is None:
+        accepted[kind].append(row)
+      else:
+        rejected.append({"row": row, "reason": reason})
+  return {**message, **accepted}, rejected
+
+
+class InProcessSink:
+  """Runs the Logger's code in this process, writing to a SQLite path or bq:// warehouse.
+
+  With `limits`, the rows within them are written and the others rejected: `deliver`
+  then raises RejectedMessage naming them, after writing the rest.
+  """
+
+  def __init__(self, warehouse_uri: str, limits: Optional[RowLimits] = None):
     self.warehouse_uri = warehouse_uri
+    self.limits = limits
 
   def deliver(self, message: Dict[str, Any]) -> None:
-    write_message(message, self.warehouse_uri)
+    if self.limits is None:
+      write_message(message, self.warehouse_uri)
+      return
+    accepted, rejected = split_message(message, self.limits)
+    write_message(accepted, self.warehouse_uri)
+    if rejected:
+      raise RejectedMessage(f"{len(rejected)} row(s) rejected: "
+                            + "; ".join(entry["reason"] for entry in rejected)[:2000])
 
 
 class PubSubSink:
@@ -116,8 +200,15 @@ def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/top
   return headers, body
 
 
+_RETRYABLE_CLIENT_ERRORS = (408, 429)
+
+
 class CloudEventSink:
-  """Posts each message to a Logger served by functions-framework (loopback by default)."""
+  """Posts each message to a Logger served by functions-framework (loopback by default).
+
+  A 4xx answer (other than 408 and 429) raises RejectedMessage; 5xx and
+  transport errors raise httpx errors, which are retryable.
+  """
 
   def __init__(self, url: str, timeout: float = 10.0):
     self.url = url
@@ -126,6 +217,9 @@ class CloudEventSink:
   def deliver(self, message: Dict[str, Any]) -> None:
     headers, body = pubsub_cloud_event(message)
     response = self._client.post(self.url, headers=headers, json=body)
+    if response.is_client_error and response.status_code not in _RETRYABLE_CLIENT_ERRORS:
+      raise RejectedMessage(f"the Logger at {self.url} answered {response.status_code}: "
+                            f"{response.text[:500]}")
     response.raise_for_status()
 
 
@@ -134,12 +228,16 @@ def sink_from_env() -> LogSink:
 
   RLOPS_LOG_TOPIC: "projects/P/topics/T", Pub/Sub to the Logger function (production).
   RLOPS_LOG_URL: a Logger function served over HTTP.
-  RLOPS_WAREHOUSE: the Logger's code in process, writing to this warehouse.
+  RLOPS_WAREHOUSE: the Logger's code in process, writing to this warehouse; with
+    RLOPS_ROW_LIMITS (JSON of `RowLimits`, e.g. {"rank_k": 20, "num_actions": 20}), rows
+    outside the limits are rejected alone.
   """
   if os.environ.get("RLOPS_LOG_TOPIC"):
     return PubSubSink(os.environ["RLOPS_LOG_TOPIC"])
   if os.environ.get("RLOPS_LOG_URL"):
     return CloudEventSink(os.environ["RLOPS_LOG_URL"])
   if os.environ.get("RLOPS_WAREHOUSE"):
-    return InProcessSink(os.environ["RLOPS_WAREHOUSE"])
+    limits = os.environ.get("RLOPS_ROW_LIMITS")
+    return InProcessSink(os.environ["RLOPS_WAREHOUSE"],
+                         RowLimits(**json.loads(limits)) if limits else None)
   raise RuntimeError("set RLOPS_LOG_TOPIC, RLOPS_LOG_URL or RLOPS_WAREHOUSE: where logs go")

@@ -1,7 +1,8 @@
 """The trained-model directory: what the Trainer writes, the Pusher copies and servers load.
 
     <model dir>/
-      rlops_model.json   agent config, dimensions, epsilon and training facts
+      rlops_model.json   agent config (exploration rule included), dimensions, epsilon,
+                         trained_records and training facts
       checkpoint/        the agent's variables (warm start, fast serving)
       policy/            TF-Agents PolicySaver SavedModel of the serving policy
 """
@@ -18,7 +19,7 @@ from tf_agents.policies import policy_saver
 from tf_agents.trajectories import time_step as ts
 
 from rlops import agents, environment
-from rlops.config import AgentConfig
+from rlops.config import AgentConfig, EnvironmentConfig
 
 METADATA_FILE = "rlops_model.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -51,10 +52,21 @@ def new_agent(agent_config: AgentConfig, num_movies: int, rank_k: int) -> tf_age
 
 def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, rank_k: int,
          directory: str, facts: Dict[str, Any]) -> None:
-  """Writes the agent checkpoint, the serving policy SavedModel and the metadata."""
+  """Writes the agent checkpoint, the serving policy SavedModel and the metadata.
+
+  Args:
+    agent: The trained agent.
+    agent_config: Its config, exploration rule included.
+    num_movies: Arms.
+    rank_k: Context size.
+    directory: Where to write.
+    facts: Training facts for the metadata; `trained_records` (records the
+      model learnt from, across warm starts; default 0) sets the exploration.
+  """
   tf.io.gfile.makedirs(directory)
   tf.train.Checkpoint(agent=agent).write(os.path.join(directory, CHECKPOINT_DIR, "agent"))
-  policy = agents.serving_policy(agent, agent_config.epsilon)
+  facts = {"trained_records": 0.0, **facts}
+  policy = agents.serving_policy(agent, agent_config, facts["trained_records"])
   policy_saver.PolicySaver(policy, batch_size=None).save(os.path.join(directory, POLICY_DIR))
   metadata = {"agent": dataclasses.asdict(agent_config), "num_movies": num_movies,
               "rank_k": rank_k, "epsilon": agent_config.epsilon, **facts}
@@ -73,21 +85,71 @@ def agent_config_of(metadata: Dict[str, Any]) -> AgentConfig:
   return AgentConfig(**fields)
 
 
+def validated_agent_config(metadata: Dict[str, Any]) -> AgentConfig:
+  """The agent configuration of `metadata`, checked by the configuration's own validation.
+
+  Raises:
+    ValueError: The metadata is malformed or fails validation (e.g. epsilon outside
+      [0, 1], a serving epsilon other than the agent's, impossible dimensions).
+  """
+  try:
+    config = agent_config_of(metadata)
+    dimensions = {name: metadata[name] for name in ("num_movies", "rank_k")}
+    epsilon = metadata["epsilon"]
+  except (KeyError, TypeError) as error:
+    raise ValueError(f"malformed model metadata: {error!r}") from error
+  for name, value in dimensions.items():
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ValueError(f"model metadata: {name} must be an integer, got {value!r}")
+  config.validate()
+  EnvironmentConfig(**dimensions).validate()
+  if epsilon != config.epsilon:
+    raise ValueError(f"model metadata: epsilon {epsilon!r} differs from the agent's "
+                     f"{config.epsilon!r}")
+  return config
+
+
 def load_agent(directory: str) -> Tuple[tf_agent.TFAgent, Dict[str, Any]]:
-  """The agent saved in `directory`, with its variables restored, and its metadata."""
+  """The agent saved in `directory`, with every variable restored, and its metadata.
+
+  Raises:
+    ValueError: The metadata fails validation.
+    AssertionError: The checkpoint does not hold a value for every variable of the
+      agent the metadata describes (e.g. it is another agent's).
+  """
   metadata = read_metadata(directory)
-  agent = new_agent(agent_config_of(metadata), metadata["num_movies"], metadata["rank_k"])
-  tf.train.Checkpoint(agent=agent).read(
-      os.path.join(directory, CHECKPOINT_DIR, "agent")).expect_partial()
+  config = validated_agent_config(metadata)
+  agent = new_agent(config, metadata["num_movies"], metadata["rank_k"])
+  status = tf.train.Checkpoint(agent=agent).read(os.path.join(directory, CHECKPOINT_DIR, "agent"))
+  status.assert_existing_objects_matched()
+  status.expect_partial()  # Values of objects created later (optimizer slots) may stay unread.
   return agent, metadata
 
 
-def load_serving_policy(directory: str) -> agents.ExactEpsilonGreedyPolicy:
+def load_serving_policy(directory: str) -> agents.ExactExplorationPolicy:
   """The serving policy saved in `directory`, rebuilt from its agent checkpoint."""
   agent, metadata = load_agent(directory)
-  return agents.serving_policy(agent, metadata["epsilon"])
+  return agents.serving_policy(agent, agent_config_of(metadata), trained_records_of(metadata))
 
 
-def probabilities(policy: agents.ExactEpsilonGreedyPolicy, observations: np.ndarray) -> np.ndarray:
+def trained_records_of(metadata: Dict[str, Any]) -> float:
+  """Records the model learnt from (older models: 0, the least trained)."""
+  return float(metadata.get("trained_records", 0.0))
+
+
+def reward_shortfall(agent: tf_agent.TFAgent, observations: np.ndarray, actions: np.ndarray,
+                     rewards: np.ndarray) -> float:
+  """Mean reward the agent predicts for the logged actions minus the mean logged reward.
+
+  Near 0 while the model is right about what it serves; large after the
+  users' preferences shift (drift).
+  """
+  if len(rewards) == 0:
+    return 0.0
+  estimates = agents.estimated_rewards_fn(agent)(tf.constant(observations, tf.float32)).numpy()
+  return float(estimates[np.arange(len(actions)), actions].mean() - np.mean(rewards))
+
+
+def probabilities(policy: agents.ExactExplorationPolicy, observations: np.ndarray) -> np.ndarray:
   """[n, K] exact action probabilities of `policy` for the given contexts."""
   return policy.probabilities(agents.restart(observations)).numpy()

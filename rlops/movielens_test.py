@@ -64,7 +64,7 @@ def test_missing_final_newline():
 def test_bad_files_name_file_and_line(tmp_path, raw, message):
   path = tmp_path / "u.data"
   path.write_bytes(raw)
-  with pytest.raises(movielens.DataError, match=f"^{str(tmp_path)}/{message}"):
+  with pytest.raises(movielens.DataError, match=f"^{tmp_path!s}/{message}"):
     movielens.load_ratings(path)
 
 

@@ -5,6 +5,8 @@ Context = a user's row of U·sqrt(S) from the rank-k SVD of the first
 approximate rating (U·S·Vᵀ) of exactly that user and that movie. float32
 throughout, so the policies trained here accept what serving sends them.
 """
+import copy
+
 import numpy as np
 
 from rlops import movielens
@@ -41,6 +43,20 @@ class MovieLensModel:
     self.optimal_actions = approx.argmax(axis=1).astype(np.int32)
     self.optimal_rewards = approx.max(axis=1).astype(DTYPE)
     self.reconstruction_rmse = float(np.sqrt(np.mean((approx - matrix) ** 2)))
+
+  def drifted(self, seed: int) -> "MovieLensModel":
+    """The same users after a preference shift: the movie factors are permuted at random.
+
+    Contexts are unchanged, so a model trained before the shift keeps serving
+    the same users, now with wrong reward estimates.
+    """
+    shifted = copy.copy(self)
+    permutation = np.random.default_rng(seed).permutation(self.num_movies)
+    shifted.movie_vectors = self.movie_vectors[permutation]
+    shifted.approx_ratings = self.approx_ratings[:, permutation]
+    shifted.optimal_actions = shifted.approx_ratings.argmax(axis=1).astype(np.int32)
+    shifted.optimal_rewards = shifted.approx_ratings.max(axis=1)
+    return shifted
 
   @classmethod
   def from_config(cls, config) -> "MovieLensModel":

@@ -3,31 +3,107 @@ exactly the returned movie goes back as feedback. The Simulator function's core,
 run by `rlops simulate` and the demo."""
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
+import absl.logging
 import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
 from rlops import log_sinks, records, simulation
 
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class FeedbackSender:
+  """Delivers feedback rows to a sink in batches; retries retryable failures with backoff.
+
+  A batch that fails for longer than `retry_seconds` stays pending and goes out
+  with the next one; a batch the sink rejects for good (ValueError) is sent
+  again row by row and only the rejected rows are dropped, and counted.
+  """
+
+  def __init__(self, sink: log_sinks.LogSink, batch_rows: int, retry_seconds: float = 30.0):
+    self._sink = sink
+    self._batch_rows = batch_rows
+    self._retry_seconds = retry_seconds
+    self.pending: List[Dict[str, Any]] = []
+    self.delivered = 0
+    self.rejected = 0
+    self.failures = 0
+
+  def add(self, rows: List[Dict[str, Any]]) -> None:
+    self.pending.extend(rows)
+    if len(self.pending) >= self._batch_rows:
+      self.send()
+
+  def send(self) -> bool:
+    """Delivers every pending row, retrying until `retry_seconds`; returns whether it did."""
+    deadline = time.monotonic() + self._retry_seconds
+    backoff = 0.1
+    while self.pending:
+      try:
+        self._deliver(self.pending)
+        self.pending = []
+      except Exception as error:  # pylint: disable=broad-except
+        self.failures += 1
+        if time.monotonic() + backoff > deadline:
+          absl.logging.warning("feedback delivery failed; %d rows stay pending: %s",
+                               len(self.pending), error)
+          return False
+        time.sleep(backoff)
+        backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
+    return True
+
+  def _deliver(self, rows: List[Dict[str, Any]]) -> None:
+    try:
+      self._sink.deliver({"feedback": rows})
+      self.delivered += len(rows)
+      return
+    except ValueError as error:
+      if len(rows) == 1:
+        self._reject(rows[0], error)
+        return
+    for index, row in enumerate(rows):
+      try:
+        self._sink.deliver({"feedback": [row]})
+        self.delivered += 1
+      except ValueError as error:
+        self._reject(row, error)
+      except Exception:
+        self.pending = rows[index:]
+        raise
+
+  def _reject(self, row: Dict[str, Any], error: Exception) -> None:
+    self.rejected += 1
+    absl.logging.error("feedback row rejected: %s", error)
+
 
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
                    feedback_batch: int = 200, progress: bool = False,
-                   headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                   headers: Optional[Dict[str, str]] = None,
+                   feedback_retry_seconds: float = 30.0,
+                   user_rows: Optional[np.ndarray] = None) -> Dict[str, Any]:
   """Sends `requests` prediction requests (bounded also by `timeout_seconds`), at most `rate`
   per second, and delivers each returned prediction's reward as feedback.
 
-  Returns the totals and, per model version, the count, mean reward and mean regret
-  (against the simulation's oracle) of what was served.
+  `user_rows` ([requests, instances_per_request]) fixes the users to send; None:
+  drawn uniformly at random with `seed`. Feedback delivery is retried with backoff
+  for up to `feedback_retry_seconds` per batch; rows still undelivered at the end
+  are counted in the result, never dropped silently.
+
+  Returns the totals (feedback delivered, rejected and undelivered among them) and,
+  per model version, the count, mean reward and mean regret (against the
+  simulation's oracle) of what was served.
   """
   if requests < 1 or instances_per_request < 1:
     raise ValueError("requests and instances_per_request must be positive")
   rng = np.random.default_rng(seed)
   per_version: Dict[str, Dict[str, float]] = {}
-  feedback, errors, sent = [], 0, 0
+  feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
+  errors, sent, last_error = 0, 0, None
   start = time.monotonic()
   with httpx.Client(timeout=30.0, headers=headers) as client:
     for index in tqdm(range(requests), unit="request", disable=not progress, desc="simulate"):
@@ -35,7 +111,8 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         break
       if rate:
         time.sleep(max(0.0, start + index / rate - time.monotonic()))
-      users = rng.integers(0, model.num_users, size=instances_per_request)
+      users = (rng.integers(0, model.num_users, size=instances_per_request) if user_rows is None
+               else user_rows[index])
       ids = [uuid.uuid4().hex for _ in users]
       body = {"instances": [{"observation": observation.tolist(), "request_id": rid}
                             for observation, rid in zip(model.observe(users), ids)]}
@@ -44,27 +121,30 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         response = client.post(endpoint_url, json=body)
         response.raise_for_status()
         predictions = response.json()["predictions"]
-      except (httpx.HTTPError, KeyError, ValueError):
+      except (httpx.HTTPError, KeyError, ValueError) as error:
         errors += 1
+        last_error = f"{type(error).__name__}: {error}"
         continue
       now = time.time()
+      rewarded = []
       for user, rid, prediction in zip(users, ids, predictions):
         if prediction["request_id"] != rid:
           raise RuntimeError(f"endpoint answered request {rid} with {prediction['request_id']}")
         reward = float(model.reward(user, prediction["action"]))
-        feedback.append(records.Feedback(request_id=rid, event_time=now, reward=reward).to_row())
-        stats = per_version.setdefault(prediction["model_version"], {"count": 0, "reward": 0.0, "regret": 0.0})
+        rewarded.append(records.Feedback(request_id=rid, event_time=now, reward=reward).to_row())
+        stats = per_version.setdefault(prediction["model_version"],
+                                       {"count": 0, "reward": 0.0, "regret": 0.0})
         stats["count"] += 1
         stats["reward"] += reward
         stats["regret"] += float(model.optimal_rewards[user]) - reward
-      if len(feedback) >= feedback_batch:
-        sink.deliver({"feedback": feedback})
-        feedback = []
-  if feedback:
-    sink.deliver({"feedback": feedback})
+      feedback.add(rewarded)
+  feedback.send()
   served = sum(stats["count"] for stats in per_version.values())
   return {
-      "requests": sent, "errors": errors, "predictions": served,
+      "requests": sent, "errors": errors, "last_error": last_error, "predictions": served,
+      "feedback_delivered": feedback.delivered, "feedback_rejected": feedback.rejected,
+      "feedback_undelivered": len(feedback.pending),
+      "feedback_delivery_failures": feedback.failures,
       "mean_reward": sum(s["reward"] for s in per_version.values()) / max(served, 1),
       "mean_regret": sum(s["regret"] for s in per_version.values()) / max(served, 1),
       "versions": {version: {"count": s["count"], "mean_reward": s["reward"] / s["count"],

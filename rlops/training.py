@@ -63,6 +63,19 @@ def train_on_logged(agent: tf_agent.TFAgent, observations: np.ndarray, actions: 
   return loss
 
 
+def trained_records(previous: float, samples: int, batch_size: int, forgetting: float) -> float:
+  """Records a model has learnt from after `train_on_logged` of `samples` more.
+
+  With forgetting, the linear agents' statistics are multiplied by `forgetting`
+  before each batch, and so is this count: it is the weight of the data the
+  model still holds, which is what the exploration rule should trust.
+  """
+  count = float(previous)
+  for start in range(0, samples, batch_size):
+    count = forgetting * count + min(batch_size, samples - start)
+  return count
+
+
 @dataclasses.dataclass
 class LearningCurve:
   """Per-sample regret and reward of the policy that acted, in the order of acting."""

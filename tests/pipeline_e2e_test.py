@@ -1,11 +1,13 @@
 """End to end: startup and retraining pipelines with LocalDagRunner, checked from MLMD."""
+import json
 import os
 import time
 import uuid
 
 import numpy as np
 
-from rlops import simulation, testing
+from cli import main as cli
+from rlops import simulation, testing, workdirs
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, PipelineConfig
 from tfx_pipeline import local_runner, metadata
@@ -24,7 +26,7 @@ def _log_shuffled_rewards(config: Config, count: int) -> None:
   rewards = rng.permutation(model.reward(users, actions))
   ids = [uuid.uuid4().hex for _ in range(count)]
   now = time.time()
-  store = warehouse_lib.Warehouse(local_runner.LocalPaths(config.workdir).warehouse)
+  store = warehouse_lib.Warehouse(workdirs.LocalPaths(config.workdir).warehouse)
   store.insert_predictions([
       {"request_id": rid, "event_time": now, "observation": model.observe([u])[0].tolist(),
        "action": int(a), "propensity": 1.0 / model.num_movies, "model_version": "buggy",
@@ -43,11 +45,11 @@ def _nodes_of_run(store, result) -> set:
   return {metadata.node_id(store, e) for e in executions}
 
 
-def test_startup_then_retraining_with_gate_and_lineage(tmp_path):
+def test_startup_then_retraining_with_gate_and_lineage(tmp_path, capsys):
   config = Config(data=DataConfig(seed=3), environment=EnvironmentConfig(num_movies=10, rank_k=5),
                   pipeline=PipelineConfig(samples=3000, bootstrap_samples=50),
                   workdir=str(tmp_path / "work"))
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
 
   startup = local_runner.run(config, "startup")
   store = metadata.connect(paths.metadata)
@@ -72,6 +74,7 @@ def test_startup_then_retraining_with_gate_and_lineage(tmp_path):
   trainer = metadata.producer(store, retrain["model_id"])
   assert [m.id for m in metadata.inputs(store, trainer.id)["base_model"]] == [startup["model_id"]]
   assert retrain["evaluation"]["baseline_name"] == f"blessed model {startup['model_id']}"
+  assert retrain["warm_started_from_model"] == startup["model_id"]
   assert retrain["blessed"] and retrain["pushed"]
   assert len(os.listdir(paths.serving)) == 2
 
@@ -98,3 +101,10 @@ def test_startup_then_retraining_with_gate_and_lineage(tmp_path):
   assert [link["model"]["id"] for link in chain] == [retrain["model_id"], startup["model_id"]]
   assert chain[1]["generator"]["record_count"] == 3000
   assert chain[0]["generator"] is None and chain[0]["examples"]["span"] == retrain["window"]["span"]
+
+  # The same chain from the command line, as JSON and as a picture.
+  graph = tmp_path / "lineage.png"
+  assert cli.main(["lineage", "--workdir", config.workdir, "--json", "--graph", str(graph)]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  assert [link["model"]["id"] for link in printed] == [retrain["model_id"], startup["model_id"]]
+  assert graph.stat().st_size > 10_000

@@ -1,6 +1,5 @@
 """Runs the pipeline with LocalDagRunner: MLMD, warehouse and pushed models under the workdir."""
 import contextlib
-import dataclasses
 import os
 import threading
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -9,33 +8,10 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from rlops import warehouse as warehouse_lib
+from rlops import workdirs
 from rlops.config import Config
-from tfx_pipeline import metadata
+from tfx_pipeline import metadata, windows
 from tfx_pipeline import pipeline as pipeline_lib
-from tfx_pipeline import windows
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalPaths:
-  """Where a local deployment keeps its state, all under one working directory."""
-  workdir: str
-
-  @property
-  def pipeline_root(self) -> str:
-    return os.path.join(self.workdir, "pipeline_root")
-
-  @property
-  def metadata(self) -> str:
-    return os.path.join(self.workdir, "metadata.sqlite")
-
-  @property
-  def warehouse(self) -> str:
-    return os.path.join(self.workdir, "warehouse.sqlite")
-
-  @property
-  def serving(self) -> str:
-    """Pusher's base directory: one numbered folder per pushed model version."""
-    return os.path.join(self.workdir, "serving")
 
 
 def next_window(store, now: Optional[float] = None) -> Optional[windows.Window]:
@@ -90,7 +66,7 @@ def run(config: Config, mode: str, window: Optional[windows.Window] = None,
   """
   config.validate()
   windows.check_mode(mode)
-  paths = LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   os.makedirs(paths.workdir, exist_ok=True)
   store = metadata.connect(paths.metadata)
   window = window or next_window(store)

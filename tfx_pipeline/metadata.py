@@ -95,6 +95,10 @@ def run_id(store, execution) -> str:
 def model_outcome(store, model: metadata_store_pb2.Artifact) -> Dict[str, Any]:
   """What happened to a trained model: its evaluation, blessing and push."""
   outcome: Dict[str, Any] = {"model_id": model.id, "model_uri": model.uri, **properties(model)}
+  trainer = producer(store, model.id)
+  base = inputs(store, trainer.id).get(keys.BASE_MODEL_KEY) if trainer else None
+  outcome["warm_started_from_model"] = (
+      base[0].id if base and outcome.get("warm_started_from") else None)
   for execution in _consumers(store, model.id):
     outs = outputs(store, execution.id)
     if keys.EVALUATION_KEY in outs and keys.BLESSING_KEY in outs:

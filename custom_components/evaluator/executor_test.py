@@ -1,6 +1,7 @@
 """Tests of the Evaluator executor: estimates, the gate, and the blessing TFX reads."""
 import os
 
+import numpy as np
 import pytest
 from tfx.components.evaluator import constants
 from tfx.types import channel
@@ -13,7 +14,7 @@ from custom_components.artifacts import PolicyEvaluation
 from custom_components.evaluator import evaluation as evaluation_io
 from custom_components.evaluator import executor
 from custom_components.evaluator.component import Evaluator
-from rlops import model_io, simulation, training
+from rlops import model_io, off_policy, simulation, training
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, PipelineConfig
 
 CONFIG = Config(data=DataConfig(seed=0), environment=EnvironmentConfig(num_movies=10, rank_k=4),
@@ -71,11 +72,30 @@ def test_a_worse_candidate_is_not_blessed(tmp_path):
   assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 0
   assert blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY) == 7
   assert os.path.exists(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME))
+  dr = next(v for v in result["verdicts"] if v["metric"] == "dr")
+  assert not dr["passed"] and dr["high"] < -CONFIG.pipeline.gate_tolerance
 
 
-def test_gate_tolerance():
+def test_gate_decides_on_the_paired_difference_interval():
   candidate = {"dr": {"value": 3.00}, "oracle": {"value": 3.5}}
-  baseline = {"dr": {"value": 3.04}, "oracle": {"value": 3.5}}
-  assert executor.gate(candidate, baseline, ("dr", "oracle"), tolerance=0.05)[0]
-  blessed, reasons = executor.gate(candidate, baseline, ("dr", "oracle"), tolerance=0.01)
-  assert not blessed and reasons[0].endswith("(worse)") and reasons[1].endswith("(ok)")
+  baseline = {"dr": {"value": 3.40}, "oracle": {"value": 3.5}}
+  # Two point estimates 0.40 apart, but the paired interval includes no loss beyond doubt.
+  uncertain = {"dr": {"value": -0.40, "low": -0.9, "high": 0.02}}
+  blessed, verdicts = executor.gate(candidate, baseline, uncertain, ("dr", "oracle"), tolerance=0.05)
+  assert blessed and [v.passed for v in verdicts] == [True, True]
+  assert verdicts[0] == executor.Verdict("dr", 3.00, 3.40, -0.40, -0.9, 0.02, True)
+  worse = {"dr": {"value": -0.40, "low": -0.6, "high": -0.2}}
+  blessed, verdicts = executor.gate(candidate, baseline, worse, ("dr", "oracle"), tolerance=0.05)
+  assert not blessed and [v.passed for v in verdicts] == [False, True]
+  assert verdicts[0].message().endswith("(worse)")
+
+
+def test_paired_difference_of_a_policy_with_itself_is_exactly_zero():
+  model = simulation.MovieLensModel.from_config(CONFIG)
+  records = testing_utils.logged_records(model, 500, seed=4)
+  probabilities = np.full((500, 10), 0.1)
+  difference = off_policy.estimate_difference(
+      probabilities, probabilities, records["observation"], records["action"],
+      records["propensity"], records["reward"], num_actions=10, bootstrap_samples=20)
+  for metric in ("ips", "snips", "dr"):
+    assert difference[metric] == {"value": 0.0, "low": 0.0, "high": 0.0}

@@ -48,8 +48,17 @@ class Executor(base_executor.BaseExecutor):
     records = examples_io.read_split(examples, "train", env.rank_k)
     base_directory = _warm_start_source(input_dict, agent_config, env,
                                         bool(exec_properties[keys.WARM_START_KEY]))
+    previous_records, shortfall = 0.0, None
     if base_directory:
-      agent, _ = model_io.load_agent(base_directory)
+      agent, base_metadata = model_io.load_agent(base_directory)
+      previous_records = model_io.trained_records_of(base_metadata)
+      shortfall = model_io.reward_shortfall(agent, records["observation"], records["action"],
+                                            records["reward"])
+      if agent_config.drift_shortfall is not None and shortfall > agent_config.drift_shortfall:
+        # The base model is confidently wrong: explore again as a fresh model would.
+        absl.logging.warning("served reward %.3f below the base model's prediction: drift; "
+                             "the exploration's record count restarts", shortfall)
+        previous_records = 0.0
     else:
       agent = model_io.new_agent(agent_config, env.num_movies, env.rank_k)
 
@@ -71,13 +80,17 @@ class Executor(base_executor.BaseExecutor):
     model = artifact_utils.get_single_instance(output_dict[keys.MODEL_KEY])
     span = int(exec_properties[keys.SPAN_KEY])
     window_end = float(exec_properties[keys.WINDOW_END_KEY])
+    forgetting = agent_config.forgetting if agent_config.is_linear else 1.0
+    trained_records = training.trained_records(previous_records, samples, batch_size, forgetting)
     model_io.save(agent, agent_config, env.num_movies, env.rank_k,
                   path_utils.serving_model_dir(model.uri),
                   {"span": span, "window_end": window_end, "samples": samples, "loss": loss,
+                   "trained_records": trained_records, "reward_shortfall": shortfall,
                    "warm_started_from": base_directory})
     model.set_int_custom_property("span", span)
     model.set_float_custom_property("window_end", window_end)
     model.set_int_custom_property("samples", samples)
+    model.set_float_custom_property("trained_records", trained_records)
     model.set_string_custom_property("agent", agent_config.name)
     model.set_string_custom_property("warm_started_from", base_directory or "")
     absl.logging.info("trained %s on %d records of span %d in %.2f s (warm start: %s)",

@@ -42,6 +42,7 @@ def test_trains_writes_serving_model_and_warm_starts(tmp_path):
   warm, _ = _train(tmp_path, "warm", second, base_model=model)
   agent, metadata = model_io.load_agent(path_utils.serving_model_dir(warm.uri))
   assert metadata["warm_started_from"] == serving
+  assert metadata["trained_records"] == 5000  # cumulative across warm starts
   # One pass over each set: the arm's statistics are exactly those of both sets together.
   both = np.concatenate([first["observation"][first["action"] == 0],
                          second["observation"][second["action"] == 0]]).astype(np.float64)

@@ -6,9 +6,11 @@ import numpy as np
 
 from functions import testing_utils
 from functions.simulator import main as simulator
-from rlops import log_sinks, model_io, server, simulation, testing, training
+from rlops import log_sinks, model_io, simulation, testing, training
 from rlops import warehouse as warehouse_lib
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, GcpConfig
+from rlops.serving import app as serving_app
+from rlops.serving import server
 
 SOURCE = os.path.join(os.path.dirname(simulator.__file__), "main.py")
 CONFIG = Config(data=DataConfig(seed=8), environment=EnvironmentConfig(num_movies=10, rank_k=4))
@@ -29,7 +31,7 @@ def test_scheduled_tick_sends_requests_and_the_reward_of_that_user_and_movie(tmp
   _push_model(str(tmp_path / "serving"), model)
   path = str(tmp_path / "warehouse.sqlite")
   sink = log_sinks.InProcessSink(path)
-  app = server.create_app(str(tmp_path / "serving"), sink, outbox_path=str(tmp_path / "outbox.jsonl"))
+  app = serving_app.create_app(str(tmp_path / "serving"), sink, outbox_path=str(tmp_path / "outbox.jsonl"))
   with server.ServerThread(app) as endpoint:
     env = {"ENDPOINT_URL": f"{endpoint.url}/predict", "RLOPS_CONFIG": CONFIG.to_json(),
            "RLOPS_WAREHOUSE": path, "SIMULATOR_REQUESTS": "40"}

@@ -20,10 +20,13 @@ import functions_framework
 from google.api_core import exceptions
 
 from rlops import warehouse as warehouse_lib
+from rlops import workdirs
 from rlops.config import Config
 from tfx_pipeline import vertex_runner, windows
 
 LOCK_FILE = "retrain.lock"
+# Fewest new records on which a drop of the served reward starts a retraining early.
+DRIFT_MIN_RECORDS = 200
 
 
 @contextlib.contextmanager
@@ -61,19 +64,45 @@ def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -
   with _exclusive(config.workdir) as acquired:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
-    paths = local_runner.LocalPaths(config.workdir)
+    paths = workdirs.LocalPaths(config.workdir)
     window = local_runner.next_window(metadata.connect(paths.metadata), now)
-    count = 0
+    count, shortfall = 0, None
     if window is not None:
       store = warehouse_lib.Warehouse(paths.warehouse)
       try:
         count = store.count_rewarded(window.begin, window.end)
+        if count < threshold:
+          shortfall = served_reward_shortfall(config, store, window, count)
       finally:
         store.close()
-    if window is None or count < threshold:
+    if window is None or (count < threshold and shortfall is None):
       return _waiting(window, count, threshold)
-    return {"started": True, "new_records": count, "window": window.to_dict(),
+    reason = (f"{count} new rewarded records, at least {threshold}" if shortfall is None else
+              f"early: served reward {shortfall:.3f} below the serving model's prediction "
+              f"on {count} new records")
+    return {"started": True, "new_records": count, "window": window.to_dict(), "reason": reason,
             "result": windows.submit_retraining(config, window)}
+
+
+def served_reward_shortfall(config: Config, store: warehouse_lib.Warehouse,
+                            window: windows.Window, count: int) -> Optional[float]:
+  """How far the window's served reward falls below the newest pushed model's prediction,
+  when by more than `config.agent.drift_shortfall` on at least DRIFT_MIN_RECORDS records;
+  else None."""
+  if config.agent.drift_shortfall is None or count < DRIFT_MIN_RECORDS:
+    return None
+  from rlops import model_io  # pylint: disable=import-outside-toplevel
+  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
+  serving = local_runner.LocalPaths(config.workdir).serving
+  try:
+    directory = os.path.join(serving, model_io.latest_version(serving))
+  except FileNotFoundError:
+    return None
+  records = store.rewarded_records(window.begin, window.end)
+  agent, _ = model_io.load_agent(directory)
+  shortfall = model_io.reward_shortfall(agent, records["observation"], records["action"],
+                                        records["reward"])
+  return shortfall if shortfall > config.agent.drift_shortfall else None
 
 
 def maybe_submit_retraining(config: Config, threshold: int, template_path: str,

@@ -8,14 +8,14 @@ from google.api_core import exceptions
 from google.cloud import aiplatform_v1
 
 from functions.trigger import main as trigger
-from rlops import simulation, testing
+from rlops import simulation, testing, workdirs
 from rlops import warehouse as warehouse_lib
 from rlops.config import Config, DataConfig, EnvironmentConfig, GcpConfig, PipelineConfig
 from tfx_pipeline import local_runner
 
 
 def _serve_traffic(config, requests):
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   store = warehouse_lib.Warehouse(paths.warehouse)
   testing.log_policy_traffic(simulation.MovieLensModel.from_config(config), paths.serving, store,
                              requests, seed=requests)
@@ -62,7 +62,7 @@ def test_trains_exactly_the_window_it_counted(tmp_path):
   local_runner.run(config, "startup")
   time.sleep(1.1)
   counted_at = float(int(time.time()))
-  paths = local_runner.LocalPaths(config.workdir)
+  paths = workdirs.LocalPaths(config.workdir)
   store = warehouse_lib.Warehouse(paths.warehouse)
   model = simulation.MovieLensModel.from_config(config)
   testing.log_policy_traffic(model, paths.serving, store, 300, seed=1, event_time=counted_at - 0.5)

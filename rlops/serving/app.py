@@ -1,0 +1,293 @@
+"""The prediction endpoint's ASGI app: a lean predict route in front of FastAPI's other routes.
+
+    POST <predict route>  {"instances": [{"observation": [k floats], "request_id": "optional"}]}
+                          -> {"predictions": [{"action", "propensity", "request_id",
+                                               "model_version"}]}
+    GET <health route>    200 with the serving version once a model is loaded, 503 before
+    GET /version, /stats  the serving model; request, prediction and logging counters
+    GET /openapi.json     the schema, with the serving model's observation length
+
+The predict route is a raw ASGI handler: no per-request framework work. Every
+prediction is appended to the outbox before it is answered; a request_id
+served before is answered with the same prediction again (not logged twice),
+or refused with 409 when its observation differs.
+"""
+import contextlib
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import absl.logging
+import fastapi
+import numpy as np
+from fastapi import openapi as fastapi_openapi
+from fastapi import responses
+
+from rlops import log_sinks
+from rlops.serving import outbox, parsing, recent, watcher
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+LOG_ERROR_EVERY_SECONDS = 10.0
+
+_INSTANCE_SCHEMA = {
+    "type": "object",
+    "required": ["observation"],
+    "additionalProperties": False,
+    "properties": {
+        "observation": {"type": "array", "items": {"type": "number"},
+                        "description": "The user's context: rank_k finite numbers."},
+        "request_id": {"type": "string", "minLength": 1,
+                       "maxLength": parsing.MAX_REQUEST_ID_LENGTH,
+                       "description": "Joins the prediction to its feedback; uuid4 hex if absent. "
+                                      "Reusing one answers its first prediction again."},
+    },
+}
+_PREDICTION_SCHEMA = {
+    "type": "object",
+    "required": ["action", "propensity", "request_id", "model_version"],
+    "properties": {
+        "action": {"type": "integer", "description": "The recommended movie."},
+        "propensity": {"type": "number",
+                       "description": "Exact probability with which the policy chose the action."},
+        "request_id": {"type": "string"},
+        "model_version": {"type": "string"},
+    },
+}
+_ERROR_SCHEMA = {"type": "object", "required": ["error"],
+                 "properties": {"error": {"type": "string"}}}
+_ERRORS = {
+    "400": "Invalid request, or a row the warehouse could not store; nothing was predicted.",
+    "405": "Not a POST.",
+    "409": "A request_id already served for another observation.",
+    "413": "Body larger than the configured limit.",
+    "415": "Content type other than application/json.",
+    "503": "No model loaded yet, or the prediction log cannot be written.",
+}
+
+
+def _json_content(schema: Dict[str, Any]) -> Dict[str, Any]:
+  return {"content": {"application/json": {"schema": schema}}}
+
+
+def predict_openapi(max_instances: int, rank_k: Optional[int]) -> Dict[str, Any]:
+  """The OpenAPI operation of the predict route; rank_k None: no model loaded yet."""
+  observation = dict(_INSTANCE_SCHEMA["properties"]["observation"])
+  if rank_k is not None:
+    observation.update(minItems=rank_k, maxItems=rank_k)
+  instance = {**_INSTANCE_SCHEMA,
+              "properties": {**_INSTANCE_SCHEMA["properties"], "observation": observation}}
+  instances = {"type": "array", "items": instance, "minItems": 1, "maxItems": max_instances}
+  request = {"type": "object", "required": ["instances"], "properties": {"instances": instances}}
+  response = {"type": "object", "required": ["predictions"],
+              "properties": {"predictions": {"type": "array", "items": _PREDICTION_SCHEMA}}}
+  return {
+      "summary": "Recommend a movie per instance",
+      "operationId": "predict",
+      "requestBody": {"required": True, **_json_content(request)},
+      "responses": {
+          "200": {"description": "One prediction per instance, in order.",
+                  **_json_content(response)},
+          **{status: {"description": description, **_json_content(_ERROR_SCHEMA)}
+             for status, description in _ERRORS.items()},
+      },
+  }
+
+
+class Predictor:
+  """The predict route's work on a whole body: parse, act, log, answer. No I/O but the outbox."""
+
+  def __init__(self, models: watcher.ModelWatcher, logger: outbox.OutboxLogger,
+               served: recent.RecentPredictions, rng: np.random.Generator, max_instances: int):
+    self._models = models
+    self._logger = logger
+    self._served = served
+    self._rng = rng
+    self.max_instances = max_instances
+    self.stats = {"requests": 0, "bad_requests": 0, "predictions": 0, "repeated": 0,
+                  "conflicts": 0, "log_unavailable": 0}
+
+  def refused(self, status: int, reason: str) -> Tuple[int, Dict[str, Any]]:
+    """Counts a request refused before its body is read."""
+    self.stats["requests"] += 1
+    self.stats["bad_requests"] += 1
+    return status, {"error": reason}
+
+  def predict(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    """(status, JSON body) of the answer to a request body."""
+    stats = self.stats
+    stats["requests"] += 1
+    model = self._models.current
+    if model is None:
+      return 503, {"error": "no model loaded yet"}
+    try:
+      observations, sent, request_ids = parsing.parse_instances(body, model.rank_k,
+                                                                self.max_instances)
+      keys = [observation.tobytes() for observation in observations]
+      predictions = [self._served.lookup(request_id, key)
+                     for request_id, key in zip(request_ids, keys)]
+    except recent.ReusedRequestId as error:
+      stats["conflicts"] += 1
+      return 409, {"error": str(error)}
+    except ValueError as error:
+      stats["bad_requests"] += 1
+      return 400, {"error": str(error)}
+    new = [index for index, prediction in enumerate(predictions) if prediction is None]
+    if new:
+      rows = self._act(model, observations if len(new) == len(sent) else observations[new],
+                       [sent[index] for index in new], [request_ids[index] for index in new])
+      try:
+        self._logger.append(rows)
+      except ValueError as error:  # Not storable: the warehouse would reject it.
+        stats["bad_requests"] += 1
+        return 400, {"error": str(error)}
+      except OSError as error:
+        stats["log_unavailable"] += 1
+        absl.logging.log_every_n_seconds(absl.logging.ERROR, "cannot write the outbox: %s",
+                                         LOG_ERROR_EVERY_SECONDS, error)
+        return 503, {"error": f"the prediction log cannot be written ({error}); "
+                              "nothing was predicted, retry later"}
+      for index, row in zip(new, rows):
+        predictions[index] = {"action": row["action"], "propensity": row["propensity"],
+                              "request_id": row["request_id"],
+                              "model_version": row["model_version"]}
+        self._served.add(keys[index], predictions[index])
+      stats["predictions"] += len(new)
+    stats["repeated"] += len(predictions) - len(new)
+    return 200, {"predictions": predictions}
+
+  def _act(self, model, observations: np.ndarray, sent: List[list],
+           request_ids: List[str]) -> List[Dict[str, Any]]:
+    """The prediction rows to log for new requests."""
+    actions, propensities = model.act(observations, self._rng)
+    now = time.time()
+    return [{"request_id": request_id, "event_time": now, "observation": observation,
+             "action": int(action), "propensity": float(propensity),
+             "model_version": model.version, "source": "endpoint"}
+            for request_id, observation, action, propensity
+            in zip(request_ids, sent, actions.tolist(), propensities.tolist())]
+
+
+class PredictRoute:
+  """ASGI middleware answering POST `path` with `predictor`; other requests go to `app`."""
+
+  def __init__(self, app, path: str, predictor: Predictor, max_body_bytes: int):
+    self._app = app
+    self._path = path
+    self._predictor = predictor
+    self._max_body_bytes = max_body_bytes
+
+  async def __call__(self, scope, receive, send) -> None:
+    if scope["type"] != "http" or scope["path"] != self._path:
+      await self._app(scope, receive, send)
+      return
+    status, answer = await self._answer(scope, receive)
+    body = json.dumps(answer).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+  async def _answer(self, scope, receive) -> Tuple[int, Dict[str, Any]]:
+    predictor = self._predictor
+    if scope["method"] != "POST":
+      return predictor.refused(405, f"use POST on {self._path}")
+    headers = dict(scope["headers"])
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+      return predictor.refused(415, "the content type must be application/json, got "
+                                    f"{content_type.decode('latin-1')[:100]!r}")
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit() or int(length) > self._max_body_bytes:
+      return predictor.refused(413, f"the body must be at most {self._max_body_bytes} bytes")
+    chunks, size = [], 0
+    more = True
+    while more:
+      message = await receive()
+      if message["type"] == "http.disconnect":
+        return predictor.refused(400, "the client disconnected")
+      chunk = message.get("body", b"")
+      size += len(chunk)
+      if size > self._max_body_bytes:
+        return predictor.refused(413, f"the body must be at most {self._max_body_bytes} bytes")
+      chunks.append(chunk)
+      more = message.get("more_body", False)
+    return predictor.predict(b"".join(chunks))
+
+
+def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
+               poll_seconds: float = 1.0, max_instances: int = 256, seed: Optional[int] = None,
+               predict_route: str = "/predict", health_route: str = "/health",
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               compact_bytes: int = outbox.DEFAULT_COMPACT_BYTES,
+               recent_ids: int = 100_000) -> fastapi.FastAPI:
+  """The prediction server of the model(s) under `model_uri`, logging to `sink`.
+
+  Args:
+    model_uri: A model directory, or Pusher's base directory of numbered versions.
+    sink: Where prediction logs are delivered, from the outbox at `outbox_path`.
+    outbox_path: The JSONL outbox; rows left undelivered are sent after a restart.
+    poll_seconds: How often to look for a newer version.
+    max_instances: Largest batch of a request.
+    seed: Seed of the exploration; None: fresh entropy.
+    predict_route, health_route: Routes (Vertex passes AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE).
+    max_body_bytes: Largest request body; larger ones get 413.
+    compact_bytes: The outbox is truncated once drained and larger than this.
+    recent_ids: How many served request ids are remembered for idempotent answers.
+  """
+  models = watcher.ModelWatcher(model_uri, poll_seconds)
+  logger = outbox.OutboxLogger(outbox_path, sink, compact_bytes=compact_bytes)
+  served = recent.RecentPredictions(recent_ids)
+  served.add_logged(logger.rows_on_disk())
+  predictor = Predictor(models, logger, served, np.random.default_rng(seed), max_instances)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    logger.start()
+    models.start()
+    yield
+    models.stop()
+    logger.close()
+
+  app = fastapi.FastAPI(title="rlops prediction endpoint", lifespan=lifespan,
+                        description="Epsilon-greedy movie recommendations with exact propensities.")
+  app.state.models = models
+  app.state.logger = logger
+  app.add_middleware(PredictRoute, path=predict_route, predictor=predictor,
+                     max_body_bytes=max_body_bytes)
+
+  def openapi() -> Dict[str, Any]:
+    """FastAPI's schema of its routes, and the predict route at the serving model's rank_k."""
+    schema = fastapi_openapi.utils.get_openapi(title=app.title, version=app.version,
+                                               description=app.description, routes=app.routes)
+    model = models.current
+    schema["paths"][predict_route] = {"post": predict_openapi(max_instances,
+                                                              model and model.rank_k)}
+    return schema
+
+  app.openapi = openapi
+
+  def _serving(body: Dict[str, Any]) -> responses.JSONResponse:
+    return responses.JSONResponse(body, status_code=200 if models.current else 503)
+
+  @app.get(health_route, summary="200 once a model is loaded, 503 before")
+  async def health() -> responses.JSONResponse:
+    model = models.current
+    return _serving({"status": "ok" if model else "no model loaded",
+                     "version": model and model.version})
+
+  @app.get("/version", summary="The serving model")
+  async def version() -> responses.JSONResponse:
+    model = models.current
+    return _serving(model.describe() if model else {"version": None})
+
+  @app.get("/stats", summary="Request, prediction and logging counters")
+  async def get_stats() -> Dict[str, Any]:
+    model = models.current
+    return {**predictor.stats, "process": os.getpid(), "logged": logger.delivered,
+            "pending": logger.pending,
+            "log_delivery_failures": logger.failures, "dead_letters": logger.dead_letters,
+            "model_load_failures": models.load_failures, "rejected_versions": models.rejected,
+            "version": model and model.version}
+
+  return app

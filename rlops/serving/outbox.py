@@ -1,0 +1,310 @@
+"""Durable, asynchronous prediction logging: a JSONL outbox, a delivery thread, dead letters.
+
+A sink raises ValueError for a message it rejects for good (a row the warehouse
+cannot store) and anything else for a failure worth retrying (OSError, HTTP 5xx,
+a busy SQLite warehouse). Retryable failures are retried with backoff; a
+rejected batch is delivered again one row at a time, and each row rejected on
+its own is set aside in the dead-letter file, so one poison row never stops the
+others. `replay_dead_letters` sends the set-aside rows again once fixed.
+"""
+import json
+import math
+import os
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import absl.logging
+
+from rlops import log_sinks, warehouse
+
+DEFAULT_COMPACT_BYTES = 64 << 20
+MAX_BACKOFF_SECONDS = 5.0
+
+
+def dead_letter_path(outbox_path: str) -> str:
+  """Where the outbox at `outbox_path` sets aside the rows its sink rejects."""
+  return outbox_path + ".dead.jsonl"
+
+
+def encode_rows(rows: List[Dict[str, Any]]) -> bytes:
+  """Prediction rows as outbox lines, validated exactly as the warehouse will store them.
+
+  The observation is written as the warehouse's own JSON text of it, encoded once.
+
+  Raises:
+    ValueError: A row the warehouse would reject; the message names its request_id.
+  """
+  lines = []
+  for row in rows:
+    values = dict(zip(warehouse.PREDICTION_COLUMNS, warehouse.prediction_values(row)))
+    observation = values.pop("observation")
+    lines.append(f'{json.dumps(values)[:-1]}, "observation": {observation}}}\n')
+  return "".join(lines).encode()
+
+
+def _count_lines(path: str) -> int:
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb") as f:
+    return sum(1 for _ in f)
+
+
+class OutboxLogger:
+  """Prediction rows appended to a JSONL outbox and delivered to a sink by a thread.
+
+  `append` writes rows under a lock (the request path). The delivery thread
+  sends the rows after the last delivered byte offset, which it persists in
+  `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
+  delivery is at least once and resumes after a restart. When everything is
+  delivered and the outbox exceeds `compact_bytes`, it is truncated.
+
+  Args:
+    outbox_path: The JSONL outbox file.
+    sink: Where rows go.
+    batch_rows: Most rows per delivered message.
+    batch_seconds: Longest wait for a batch to fill.
+    compact_bytes: A drained outbox larger than this is truncated.
+    drain_seconds: How long `close` keeps delivering.
+  """
+
+  def __init__(self, outbox_path: str, sink: log_sinks.LogSink, batch_rows: int = 500,
+               batch_seconds: float = 0.2, compact_bytes: int = DEFAULT_COMPACT_BYTES,
+               drain_seconds: float = 5.0):
+    self.outbox_path = outbox_path
+    self.dead_letter_path = dead_letter_path(outbox_path)
+    self._offset_path = outbox_path + ".offset"
+    self._sink = sink
+    self._batch_rows = batch_rows
+    self._batch_seconds = batch_seconds
+    self._compact_bytes = compact_bytes
+    self._drain_seconds = drain_seconds
+    self._cond = threading.Condition()
+    self._closing = False
+    self._drain_deadline = math.inf
+    os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
+    # Unbuffered: each append is one write to the OS, undone if it fails part-way.
+    self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
+    self._end, self._offset, self._written = self._recover()
+    self._delivered = 0
+    self.failures = 0
+    self.dead_letters = _count_lines(self.dead_letter_path)
+    self._reader = open(outbox_path, "rb")  # noqa: SIM115 (lives with the logger)
+    self._thread = threading.Thread(target=self._run, name="rlops-log-delivery", daemon=True)
+
+  def _recover(self) -> Tuple[int, int, int]:
+    """(end, delivered offset, rows pending) of the outbox on disk; drops a torn last line."""
+    with open(self.outbox_path, "rb") as f:
+      data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+      self._file.truncate(end)
+    offset = 0
+    if os.path.exists(self._offset_path):
+      with open(self._offset_path) as f:
+        offset = int(f.read().strip() or 0)
+    if offset > end:  # Compacted after the offset was saved.
+      offset = 0
+    return end, offset, data.count(b"\n", offset, end)
+
+  def rows_on_disk(self) -> Iterator[Dict[str, Any]]:
+    """The rows in the outbox file, delivered or not, oldest first (skips malformed lines)."""
+    with self._cond:
+      end = self._end
+    with open(self.outbox_path, "rb") as f:
+      for line in f.read(end).splitlines():
+        try:
+          yield json.loads(line)
+        except ValueError:
+          continue
+
+  def _save_offset(self, offset: int) -> None:
+    temporary = self._offset_path + ".tmp"
+    with open(temporary, "w") as f:
+      f.write(str(offset))
+    os.replace(temporary, self._offset_path)
+
+  def append(self, rows: List[Dict[str, Any]]) -> None:
+    """Writes rows to the outbox; they survive a crash of this process when this returns.
+
+    Raises:
+      ValueError: A row the warehouse would reject (`encode_rows`); nothing is written.
+      OSError: The outbox cannot be written; nothing of `rows` is in it.
+    """
+    data = encode_rows(rows)
+    with self._cond:
+      try:
+        if self._file.write(data) != len(data):
+          raise OSError(f"{self.outbox_path}: short write (disk full?)")
+      except OSError:
+        self._file.truncate(self._end)
+        raise
+      self._end += len(data)
+      self._written += len(rows)
+      self._cond.notify_all()
+
+  @property
+  def delivered(self) -> int:
+    """Rows delivered or set aside since this logger started."""
+    return self._delivered
+
+  @property
+  def pending(self) -> int:
+    """Rows in the outbox not yet delivered."""
+    with self._cond:
+      return self._written - self._delivered
+
+  def flush(self, timeout: Optional[float] = None) -> bool:
+    """Waits until every row appended so far is delivered; returns whether all were."""
+    with self._cond:
+      target = self._written
+      return self._cond.wait_for(lambda: self._delivered >= target, timeout)
+
+  def _set_aside(self, entry: Dict[str, Any]) -> None:
+    """Appends a rejected row (or malformed line) and its reason to the dead-letter file."""
+    with open(self.dead_letter_path, "a") as f:
+      f.write(json.dumps({**entry, "set_aside_time": time.time()}) + "\n")
+    self.dead_letters += 1
+    absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
+                       entry["reason"])
+
+  def _read_batch(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int, int]:
+    """(rows, malformed lines with their reasons, lines, end offset) of the next batch."""
+    with self._cond:
+      end = self._end
+    self._reader.seek(self._offset)
+    position, lines = self._offset, []
+    while len(lines) < self._batch_rows and position < end:
+      lines.append(self._reader.readline())
+      position += len(lines[-1])
+    try:  # One parse for the whole batch; line by line only when one is malformed.
+      return json.loads(b"[" + b",".join(lines) + b"]"), [], len(lines), position
+    except ValueError:
+      pass
+    rows, malformed = [], []
+    for line in lines:
+      try:
+        rows.append(json.loads(line))
+      except ValueError as error:
+        malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
+    return rows, malformed, len(lines), position
+
+  def _deliver(self, rows: List[Dict[str, Any]]) -> None:
+    """Delivers rows; on a permanent rejection, row by row, setting aside the rejected ones.
+
+    Raises:
+      Exception: A retryable failure; the rows are delivered again later.
+    """
+    try:
+      self._sink.deliver({"predictions": rows})
+      return
+    except ValueError as error:
+      if len(rows) == 1:
+        self._set_aside({"row": rows[0], "reason": str(error)})
+        return
+    rejected = []  # Set aside once every row is through: a retry starts the batch over.
+    for row in rows:
+      try:
+        self._sink.deliver({"predictions": [row]})
+      except ValueError as error:
+        rejected.append({"row": row, "reason": str(error)})
+    for entry in rejected:
+      self._set_aside(entry)
+
+  def _deliver_batch(self) -> None:
+    """Delivers the next batch, then records its end offset and compacts a drained outbox."""
+    rows, malformed, lines, offset = self._read_batch()
+    if rows:
+      self._deliver(rows)
+    for entry in malformed:
+      self._set_aside(entry)
+    self._save_offset(offset)
+    with self._cond:
+      self._offset = offset
+      self._delivered += lines
+      self._cond.notify_all()
+      if self._offset == self._end > self._compact_bytes:
+        self._file.truncate(0)
+        self._end = self._offset = 0
+        self._save_offset(0)  # A crash before this is seen as offset > size on recovery.
+
+  def _pause(self, seconds: float) -> None:
+    """Waits `seconds`, or until `close` is called."""
+    until = time.monotonic() + seconds
+    with self._cond:
+      self._cond.wait_for(lambda: self._closing or time.monotonic() >= until, seconds)
+
+  def _run(self) -> None:
+    backoff = 0.1
+    while True:
+      with self._cond:
+        self._cond.wait_for(lambda: self._written > self._delivered or self._closing)
+        if self._closing and (self._written == self._delivered
+                              or time.monotonic() >= self._drain_deadline):
+          return
+        self._cond.wait_for(
+            lambda: self._written - self._delivered >= self._batch_rows or self._closing,
+            self._batch_seconds)
+      try:
+        self._deliver_batch()
+        backoff = 0.1
+      except Exception as error:  # pylint: disable=broad-except
+        self.failures += 1
+        absl.logging.warning("log delivery failed (retry in %.1f s): %s", backoff, error)
+        if self._closing:
+          return  # The rows stay in the outbox for the next start.
+        self._pause(backoff)
+        backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def close(self) -> None:
+    """Stops delivery after draining what it can within `drain_seconds`."""
+    with self._cond:
+      self._closing = True
+      self._drain_deadline = time.monotonic() + self._drain_seconds
+      self._cond.notify_all()
+    if self._thread.is_alive():
+      self._thread.join()
+    self._file.close()
+    self._reader.close()
+
+
+def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
+  """Delivers the rows set aside in the dead-letter file at `path` again, one at a time.
+
+  The file is first renamed, so a running server may keep setting rows aside;
+  rows rejected again, and malformed lines, are appended back to `path`.
+  A retryable failure stops the replay and puts every row not yet delivered back.
+
+  Returns:
+    {"delivered": rows now delivered, "rejected": rows set aside again}.
+  """
+  if not os.path.exists(path):
+    return {"delivered": 0, "rejected": 0}
+  replaying = path + ".replaying"
+  os.replace(path, replaying)
+  with open(replaying) as f:
+    entries = [json.loads(line) for line in f if line.strip()]
+  counts = {"delivered": 0, "rejected": 0}
+  kept = []
+  try:
+    for index, entry in enumerate(entries):
+      if "row" not in entry:
+        kept.append(entry)
+        continue
+      try:
+        sink.deliver({"predictions": [entry["row"]]})
+        counts["delivered"] += 1
+      except ValueError as error:
+        kept.append({**entry, "reason": str(error)})
+      except Exception:
+        kept.extend(entries[index:])
+        raise
+  finally:
+    counts["rejected"] = sum("row" in entry for entry in kept)
+    with open(path, "a") as f:
+      f.writelines(json.dumps(entry) + "\n" for entry in kept)
+    os.remove(replaying)
+  return counts

@@ -1,0 +1,71 @@
+"""The serving rule: the model's exploration rule over its estimated rewards, with exact
+propensities from `rlops.exploration.probabilities` (the function the Evaluator and the
+regret computations use too)."""
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from rlops import agents, exploration, model_io
+from rlops.config import AgentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+  """One loaded version: its reward estimates and its exploration rule."""
+  version: str
+  agent: str
+  num_actions: int
+  rank_k: int
+  rule: AgentConfig
+  trained_records: float
+  estimated_rewards: Callable[[np.ndarray], np.ndarray]
+
+  def probabilities(self, observations: np.ndarray) -> np.ndarray:
+    """[n, K] exact action probabilities for a [n, rank_k] float32 batch."""
+    return exploration.probabilities(self.estimated_rewards(observations), self.rule,
+                                     self.trained_records)
+
+  def act(self, observations: np.ndarray,
+          rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """(actions, propensities) for a [n, rank_k] float32 batch, sampled from the rule."""
+    probabilities = self.probabilities(observations)
+    draws = rng.random((len(probabilities), 1))
+    actions = np.minimum((probabilities.cumsum(axis=1) < draws).sum(axis=1),
+                         self.num_actions - 1)
+    return actions, probabilities[np.arange(len(actions)), actions]
+
+  def describe(self) -> Dict[str, Any]:
+    return {"version": self.version, "agent": self.agent, "num_actions": self.num_actions,
+            "rank_k": self.rank_k, "exploration": self.rule.exploration,
+            "epsilon": self.rule.epsilon, "trained_records": self.trained_records}
+
+
+def load_model(directory: str, version: str) -> ServingModel:
+  """Builds the serving rule of the model in `directory` once, from its agent checkpoint.
+
+  Raises:
+    ValueError: The metadata fails the configuration's validation.
+    AssertionError: The checkpoint does not match the agent of the metadata.
+  """
+  agent, metadata = model_io.load_agent(directory)
+  config = model_io.agent_config_of(metadata)
+  rank_k = int(metadata["rank_k"])
+  if config.is_linear:
+    theta_t = agents.linear_arms(agent).theta.numpy().T
+
+    def estimated_rewards(observations):  # The ridge mean, as agents.estimated_rewards_fn.
+      return observations @ theta_t
+  else:
+    estimate = tf.function(agents.estimated_rewards_fn(agent),
+                           input_signature=[tf.TensorSpec([None, rank_k], tf.float32)])
+
+    def estimated_rewards(observations):
+      return estimate(observations).numpy()
+  model = ServingModel(version=version, agent=config.name, num_actions=int(metadata["num_movies"]),
+                       rank_k=rank_k, rule=config,
+                       trained_records=model_io.trained_records_of(metadata),
+                       estimated_rewards=estimated_rewards)
+  model.probabilities(np.zeros((1, rank_k), np.float32))  # Traces the neural rule before serving.
+  return model

@@ -1,0 +1,173 @@
+"""Running the endpoint: a loopback thread (tests, demo), worker processes, Vertex's environment.
+
+Vertex sets AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE and
+AIP_STORAGE_URI; `main` also reads RLOPS_HOST (default 127.0.0.1), RLOPS_OUTBOX,
+RLOPS_WORKERS (server processes, default 1), RLOPS_MAX_BODY_BYTES,
+RLOPS_OUTBOX_COMPACT_BYTES and where logs go (`log_sinks.sink_from_env`):
+RLOPS_LOG_TOPIC (Pub/Sub, production), RLOPS_LOG_URL (a Logger function served
+over HTTP) or RLOPS_WAREHOUSE (the Logger's code in process).
+
+Each worker process has its own outbox (`outbox-<i>.jsonl` beside RLOPS_OUTBOX)
+and shares the port through SO_REUSEPORT, so at-least-once delivery holds per
+process. Start the same number of workers again after a crash: worker i
+delivers what outbox-<i> still holds.
+"""
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from typing import Optional, Tuple
+
+import fastapi
+import uvicorn
+
+from rlops import log_sinks
+from rlops.serving import outbox
+
+WORKER_STOP_SECONDS = 60.0
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+  """A TCP socket bound to (host, port), optionally shared with other processes."""
+  # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say TCP (else
+  # Nagle and delayed ACKs add 40 ms per response).
+  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  if reuse_port:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  sock.bind((host, port))
+  return sock
+
+
+class ServerThread:
+  """Runs an app with uvicorn in a background thread on 127.0.0.1 (a free port by default)."""
+
+  def __init__(self, app: fastapi.FastAPI, port: int = 0, startup_seconds: float = 30.0):
+    self.app = app
+    self._socket = listening_socket("127.0.0.1", port)
+    self.port = self._socket.getsockname()[1]
+    self.url = f"http://127.0.0.1:{self.port}"
+    # log_config=None: an embedded server leaves the host process's logging as it is.
+    # The asyncio loop: uvloop would replace the host process's event loop policy.
+    self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                 log_config=None, http="httptools"))
+    self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                    name="rlops-server", daemon=True)
+    self._startup_seconds = startup_seconds
+
+  def start(self) -> "ServerThread":
+    self._thread.start()
+    deadline = time.monotonic() + self._startup_seconds
+    while not self._server.started:
+      if not self._thread.is_alive() or time.monotonic() > deadline:
+        self.stop()
+        raise RuntimeError(f"the server at {self.url} did not start")
+      time.sleep(0.01)
+    return self
+
+  def stop(self) -> None:
+    """Stops accepting, finishes in-flight requests, drains the logs and joins."""
+    self._server.should_exit = True
+    if self._thread.is_alive():
+      self._thread.join()
+    self._socket.close()
+
+  def __enter__(self) -> "ServerThread":
+    return self.start()
+
+  def __exit__(self, *exc_info) -> None:
+    self.stop()
+
+
+def address_from_env() -> Tuple[str, int]:
+  """(host, port) to bind: RLOPS_HOST (default 127.0.0.1) and AIP_HTTP_PORT (default 8080)."""
+  return os.environ.get("RLOPS_HOST", "127.0.0.1"), int(os.environ.get("AIP_HTTP_PORT", "8080"))
+
+
+def worker_outbox_path(outbox_path: str, index: Optional[int]) -> str:
+  """Worker `index`'s outbox beside `outbox_path` (outbox-<i>.jsonl); the path itself if None."""
+  if index is None:
+    return outbox_path
+  stem, extension = os.path.splitext(outbox_path)
+  return f"{stem}-{index}{extension}"
+
+
+def app_from_env(worker: Optional[int] = None) -> fastapi.FastAPI:
+  """The app configured as Vertex configures a custom serving container.
+
+  Args:
+    worker: Index of this worker process, whose outbox is its own; None: the only one.
+  """
+  # Imported here: the process supervising workers never loads TensorFlow.
+  from rlops.serving import app as app_lib  # pylint: disable=import-outside-toplevel
+  model_uri = os.environ.get("AIP_STORAGE_URI")
+  if not model_uri:
+    raise RuntimeError("AIP_STORAGE_URI is not set: the model directory to serve")
+  outbox_path = os.environ.get("RLOPS_OUTBOX",
+                               os.path.join(tempfile.gettempdir(), "rlops-outbox.jsonl"))
+  return app_lib.create_app(
+      model_uri, log_sinks.sink_from_env(), outbox_path=worker_outbox_path(outbox_path, worker),
+      predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
+      health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
+      max_body_bytes=int(os.environ.get("RLOPS_MAX_BODY_BYTES", app_lib.DEFAULT_MAX_BODY_BYTES)),
+      compact_bytes=int(os.environ.get("RLOPS_OUTBOX_COMPACT_BYTES",
+                                       outbox.DEFAULT_COMPACT_BYTES)))
+
+
+def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
+  """Serves `app` on a bound socket until SIGINT or SIGTERM, with uvloop and httptools."""
+  server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", access_log=False,
+                                         log_level="warning"))
+  server.run(sockets=[sock])
+
+
+def _worker(index: int, host: str, port: int) -> None:
+  serve(app_from_env(index), listening_socket(host, port, reuse_port=True))
+
+
+def run_workers(workers: int, host: str, port: int) -> int:
+  """Runs `workers` server processes sharing (host, port); returns when all have stopped.
+
+  SIGINT and SIGTERM are passed on to the workers, which drain their outboxes.
+  If one worker exits, the others are stopped too. Returns the exit code.
+  """
+  context = multiprocessing.get_context("spawn")
+  processes = [context.Process(target=_worker, args=(index, host, port),
+                               name=f"rlops-worker-{index}") for index in range(workers)]
+  stopping = threading.Event()
+
+  def stop(signum, frame):  # pylint: disable=unused-argument
+    stopping.set()
+
+  previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    for process in processes:
+      process.start()
+    while not stopping.is_set() and all(process.is_alive() for process in processes):
+      stopping.wait(0.2)
+  finally:
+    for process in processes:
+      if process.is_alive():
+        os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+      process.join(WORKER_STOP_SECONDS)
+      if process.is_alive():
+        process.kill()
+        process.join()
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  return 0 if stopping.is_set() else 1
+
+
+def main() -> int:
+  host, port = address_from_env()
+  workers = int(os.environ.get("RLOPS_WORKERS", "1"))
+  if workers < 1:
+    raise RuntimeError(f"RLOPS_WORKERS must be positive, got {workers}")
+  if workers > 1:
+    return run_workers(workers, host, port)
+  serve(app_from_env(), listening_socket(host, port))
+  return 0

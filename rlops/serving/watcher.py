@@ -1,0 +1,99 @@
+"""The model watcher: serves the newest valid pushed version and hot-swaps off the request path."""
+import os
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+import absl.logging
+import tensorflow as tf
+
+from rlops import model_io
+from rlops.serving import policy
+
+MAX_RETRY_SECONDS = 60.0
+
+
+class ModelWatcher:
+  """Serves the newest loadable version under `model_uri` and swaps to newer ones.
+
+  `model_uri` is one model directory (it holds the metadata file; the version is
+  its base name) or Pusher's base directory of numbered versions
+  (`model_io.versions`). A numbered folder is a candidate once its metadata file
+  exists. A version is validated as it loads (metadata by the configuration's
+  own rules, every checkpointed variable matched); one that fails is skipped,
+  reported in `rejected` and the logs, and retried with exponential backoff
+  (Pusher copies files in place, so a folder can be incomplete for a while),
+  while the current model keeps serving.
+  """
+
+  def __init__(self, model_uri: str, poll_seconds: float):
+    self.model_uri = model_uri.rstrip("/")
+    self.poll_seconds = poll_seconds
+    self.current: Optional[policy.ServingModel] = None
+    self.load_failures = 0
+    self.rejected: Dict[str, str] = {}  # version -> why it does not serve
+    self._newest_number = -1
+    self._retry: Dict[str, Tuple[float, float]] = {}  # version -> (retry time, delay)
+    self._loaded = threading.Event()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="rlops-model-watcher", daemon=True)
+
+  def _candidates(self) -> List[Tuple[str, str]]:
+    """(version, directory) of loadable versions newer than the current one, newest first."""
+    if tf.io.gfile.exists(os.path.join(self.model_uri, model_io.METADATA_FILE)):
+      version = os.path.basename(self.model_uri)
+      return [] if self.current else [(version, self.model_uri)]
+    if not tf.io.gfile.isdir(self.model_uri):
+      return []
+    newer = [version for version in reversed(model_io.versions(self.model_uri))
+             if int(version) > self._newest_number]
+    directories = [(version, os.path.join(self.model_uri, version)) for version in newer]
+    return [(version, directory) for version, directory in directories
+            if tf.io.gfile.exists(os.path.join(directory, model_io.METADATA_FILE))]
+
+  def poll(self) -> None:
+    """Loads the newest candidate not waiting for a retry, and swaps it in."""
+    now = time.monotonic()
+    for version, directory in self._candidates():
+      if self._retry.get(version, (0.0, 0.0))[0] > now:
+        continue
+      try:
+        model = policy.load_model(directory, version)
+      except Exception as error:  # pylint: disable=broad-except
+        self.load_failures += 1
+        delay = (min(2 * self._retry[version][1], MAX_RETRY_SECONDS) if version in self._retry
+                 else self.poll_seconds)
+        self._retry[version] = (now + delay, delay)
+        self.rejected[version] = f"{type(error).__name__}: {error}"[:500]
+        absl.logging.warning("model version %s from %s does not serve (retry in %.1f s): %s",
+                             version, directory, delay, self.rejected[version])
+        continue
+      self.current = model
+      if model_io.VERSION_RE.fullmatch(version):
+        self._newest_number = int(version)
+      self._retry = {v: retry for v, retry in self._retry.items()
+                     if model_io.VERSION_RE.fullmatch(v) and int(v) > self._newest_number}
+      self.rejected = {v: reason for v, reason in self.rejected.items() if v in self._retry}
+      self._loaded.set()
+      absl.logging.info("serving model version %s (%s)", version, model.agent)
+      return
+
+  def _run(self) -> None:
+    while not self._stop.is_set():
+      try:
+        self.poll()
+      except Exception as error:  # pylint: disable=broad-except
+        absl.logging.warning("cannot list model versions under %s: %s", self.model_uri, error)
+      self._stop.wait(self.poll_seconds)
+
+  def wait(self, timeout: Optional[float] = None) -> bool:
+    """Waits until a model is loaded; returns whether one is."""
+    return self._loaded.wait(timeout)
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def stop(self) -> None:
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
