@@ -92,8 +92,7 @@ def served_reward_shortfall(config: Config, store: warehouse_lib.Warehouse,
   if config.agent.drift_shortfall is None or count < DRIFT_MIN_RECORDS:
     return None
   from rlops import model_io  # pylint: disable=import-outside-toplevel
-  from tfx_pipeline import local_runner  # pylint: disable=import-outside-toplevel
-  serving = local_runner.LocalPaths(config.workdir).serving
+  serving = workdirs.LocalPaths(config.workdir).serving
   try:
     directory = os.path.join(serving, model_io.latest_version(serving))
   except FileNotFoundError:
