@@ -75,7 +75,8 @@ def ensure_tables(client: bigquery.Client, project: str, dataset: str,
     client.get_dataset(f"{project}.{dataset}")
   except exceptions.NotFound:
     new_dataset = bigquery.Dataset(f"{project}.{dataset}")
-    new_dataset.location = location  # None: BigQuery's default, US.
+    if location:  # Otherwise BigQuery's default, US.
+      new_dataset.location = location
     client.create_dataset(new_dataset, exists_ok=True)
   for table_name, schema in SCHEMAS.items():
     table_id = f"{project}.{dataset}.{table_name}"

@@ -167,6 +167,14 @@ def test_ensure_tables_creates_dataset_and_clustered_tables_idempotently():
   assert client.requests == ENSURE_REQUESTS + EXISTING_REQUESTS
 
 
+def test_ensure_tables_creates_the_dataset_in_the_given_location():
+  client = FakeClient()
+  bigquery.ensure_tables(client, PROJECT, DATASET, location="europe-west4")
+  assert client.requests[1] == ("create_dataset", {
+      "datasetReference": {"projectId": PROJECT, "datasetId": DATASET}, "labels": {},
+      "location": "europe-west4"}, True)
+
+
 def test_ensure_tables_accepts_existing_tables_as_bigquery_reports_them():
   client = FakeClient()
   client.create_dataset(bigquery_lib.Dataset(f"{PROJECT}.{DATASET}"))

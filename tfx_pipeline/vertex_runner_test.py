@@ -148,7 +148,7 @@ def test_pipeline_parameters_are_exactly_what_a_submission_sets(compiled, mode):
   runtime_config = pipeline_utils.PipelineRuntimeConfigBuilder.from_job_spec_json(spec)
   runtime_config.update_runtime_parameters(values)
   ir_values = {str: lambda v: {"stringValue": v}, float: lambda v: {"doubleValue": v},
-               int: lambda v: {"intValue": str(v)}}
+               int: lambda v: {"intValue": v}}
   assert runtime_config.build()["parameters"] == {
       name: ir_values[type(value)](value) for name, value in values.items()}
 
@@ -157,7 +157,7 @@ def test_query_parameter_is_the_warehouse_training_query_on_bigquery():
   values = vertex_runner.pipeline_parameters(WINDOW, gcp=GCP, mode=pipeline_lib.STARTUP)
   query = warehouse_lib.training_query(WINDOW.begin, WINDOW.end,
                                        table_prefix="`rlops-test.rlops_logs`.")
-  assert "FROM `rlops-test.rlops_logs`.predictions AS p" in query
+  assert "FROM `rlops-test.rlops_logs`.predictions WHERE" in query
   input_config = json_format.Parse(values["input_config"], example_gen_pb2.Input())
   assert input_config == example_gen_utils.make_default_input_config(query)
   range_config = json_format.Parse(values["range_config"], range_config_pb2.RangeConfig())
