@@ -7,6 +7,7 @@ commands run one by one. Paths in them are absolute. Every resource is looked up
 before it is created, so a second deployment creates nothing twice.
 """
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -123,7 +124,10 @@ def env_vars(config: Config, settings: DeploySettings) -> Dict[str, Dict[str, st
   values such as the config JSON hold commas and '@', which `--set-env-vars` splits on."""
   gcp = config.gcp
   return {
-      "logger": {"RLOPS_WAREHOUSE": gcp.warehouse},
+      # Rows outside what the served model produces are rejected alone (rlops.log_sinks).
+      "logger": {"RLOPS_WAREHOUSE": gcp.warehouse,
+                 "RLOPS_ROW_LIMITS": json.dumps({"rank_k": config.environment.rank_k,
+                                                 "num_actions": config.environment.num_movies})},
       "simulator": {"RLOPS_CONFIG": config.to_json(), "RLOPS_LOG_TOPIC": _topic(gcp, LOGS_TOPIC),
                     "SIMULATOR_REQUESTS": str(settings.simulator_requests)},
       "trigger": {"RLOPS_CONFIG": config.to_json(),

@@ -328,8 +328,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     print("not submitted: this pipeline has run already (startup runs once)")
     return 0
   if running:
-    raise ConfigError("a run of this pipeline is queued or running: not submitting another")
-  print(f"submitted {vertex_runner.submit(request)}")
+    raise RunningError("a run of this pipeline is queued or running: not submitting another")
+  if args.mode == windows.RETRAIN:
+    submitted = windows.submit_retraining(config, window, template_path=args.template,
+                                          enable_caching=args.cache)["job"]
+  else:
+    submitted = vertex_runner.submit(request)
+  print(f"submitted {submitted}")
   return 0
 
 
@@ -571,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_CONFIGURATION = 2
 EXIT_DATA = 3
 EXIT_WORKDIR = 4
+EXIT_RUNNING = 5
+
+
+class RunningError(Exception):
+  """A pipeline run is under way: the command would start another."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -587,6 +597,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   except WorkdirError as error:
     print(f"rlops: workdir error: {error}", file=sys.stderr)
     return EXIT_WORKDIR
+  except RunningError as error:
+    print(f"rlops: run in progress: {error}", file=sys.stderr)
+    return EXIT_RUNNING
 
 
 if __name__ == "__main__":

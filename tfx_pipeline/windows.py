@@ -92,7 +92,8 @@ def submit_retraining(config: Config, window: Window, **vertex_options) -> Dict[
     config: The validated configuration.
     window: The records to train on, as the caller counted them.
     **vertex_options: With `config.gcp`: `template_path` (the compiled retraining
-      pipeline) and optionally `aiplatform` (the module, or a stand-in in tests).
+      pipeline), optionally `enable_caching` and `aiplatform` (the module, or a
+      stand-in in tests).
   Returns:
     Locally, the run's outcome (`local_runner.run`); on Vertex, {"job": resource name}.
   """
@@ -102,5 +103,6 @@ def submit_retraining(config: Config, window: Window, **vertex_options) -> Dict[
     return local_runner.run(config, RETRAIN, window)
   from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
   request = vertex_runner.job_request(config.gcp, config.pipeline.name,
-                                      vertex_options["template_path"], RETRAIN, window)
+                                      vertex_options["template_path"], RETRAIN, window,
+                                      enable_caching=vertex_options.get("enable_caching", False))
   return {"job": vertex_runner.submit(request, vertex_options.get("aiplatform"))}
