@@ -5,6 +5,7 @@
                                                "model_version"}]}
     GET <health route>    200 with the serving version once a model is loaded, 503 before
     GET /version, /stats  the serving model; request, prediction and logging counters
+    GET /metrics          the same counters for Prometheus
     GET /openapi.json     the schema, with the serving model's observation length
 
 The predict route is a raw ASGI handler: no per-request framework work. Every
@@ -16,11 +17,13 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import absl.logging
 import fastapi
 import numpy as np
+import prometheus_client
+from prometheus_client import metrics_core as prometheus_metrics
 from fastapi import openapi as fastapi_openapi
 from fastapi import responses
 
@@ -281,8 +284,7 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
     model = models.current
     return _serving(model.describe() if model else {"version": None})
 
-  @app.get("/stats", summary="Request, prediction and logging counters")
-  async def get_stats() -> Dict[str, Any]:
+  def current_stats() -> Dict[str, Any]:
     model = models.current
     return {**predictor.stats, "process": os.getpid(), "logged": logger.delivered,
             "pending": logger.pending,
@@ -290,4 +292,41 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
             "model_load_failures": models.load_failures, "rejected_versions": models.rejected,
             "version": model and model.version}
 
+  @app.get("/stats", summary="Request, prediction and logging counters")
+  async def get_stats() -> Dict[str, Any]:
+    return current_stats()
+
+  registry = prometheus_client.CollectorRegistry()
+  registry.register(_StatsCollector(current_stats))
+
+  @app.get("/metrics", summary="The counters of /stats for Prometheus (text exposition format)")
+  async def metrics() -> responses.Response:
+    return responses.Response(prometheus_client.generate_latest(registry),
+                              media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
   return app
+
+
+class _StatsCollector:
+  """The numbers of /stats as Prometheus metrics, read at each scrape."""
+
+  _GAUGES = ("pending",)
+
+  def __init__(self, stats: Callable[[], Dict[str, Any]]):
+    self._stats = stats
+
+  def collect(self):
+    stats = self._stats()
+    version = stats.get("version")
+    info = prometheus_metrics.GaugeMetricFamily(
+        "rlops_serving_model", "The serving model version (1 while one is loaded)",
+        labels=["version"])
+    if version is not None:
+      info.add_metric([str(version)], 1.0)
+    yield info
+    for name, value in sorted(stats.items()):
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or name == "process":
+        continue
+      family = (prometheus_metrics.GaugeMetricFamily if name in self._GAUGES
+                else prometheus_metrics.CounterMetricFamily)
+      yield family(f"rlops_{name}", f"/stats {name}", value=value)

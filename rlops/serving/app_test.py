@@ -46,7 +46,14 @@ def test_predictions_are_logged_once_with_exact_propensities(tmp_path, serving, 
         sent[prediction["request_id"]] = (observations[0], prediction)
     assert app.state.logger.flush(timeout=30.0)
     stats = client.get("/stats").json()
+    metrics = client.get("/metrics")
   np.testing.assert_allclose(counts / counts.sum(), policy_probs[0], atol=0.03)
+  # The same counters for Prometheus, in its text format.
+  assert metrics.headers["content-type"].startswith("text/plain")
+  scraped = {name: float(value) for name, value in
+             (line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#"))}
+  assert scraped["rlops_predictions_total"] == scraped["rlops_logged_total"] == len(sent)
+  assert scraped["rlops_pending"] == 0 and scraped['rlops_serving_model{version="1"}'] == 1
   assert stats["predictions"] == stats["logged"] == len(sent) == 100 + 16 * 256
   assert stats["pending"] == 0 and stats["version"] == "1" and stats["dead_letters"] == 0
   logged = logged_predictions(tmp_path / "warehouse.sqlite")
