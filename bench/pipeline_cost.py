@@ -64,7 +64,8 @@ def main() -> None:
   for name, f in figures.items():
     p, s = f["pipeline"], f["plain"]
     print(f"{name:10s} {p['seconds']:11.1f} {s['seconds']:8.1f} {p['seconds'] / s['seconds']:6.1f} "
-          f"{p['greedy_regret']:21.3f} {s['greedy_regret']:20.3f} {p['serving_oracle_regret']:15.3f}")
+          f"{p['greedy_regret']:21.3f} {s['greedy_regret']:20.3f} "
+          f"{p['serving_oracle_regret']:15.3f}")
   print(json.dumps(figures, indent=2))
 
 

@@ -207,7 +207,8 @@ def print_throughput(results: Dict[str, dict], cores: int) -> None:
     figures = result["batch_training"]
     print(f"  {name:<10} {result['num_movies']:>6} "
           f"{figures['train_on_logged']['samples_per_second']:>21.0f} /s "
-          f"{figures['tf_agents_eager']['samples_per_second']:>20.0f} /s {figures['speedup']:>6.0f}x")
+          f"{figures['tf_agents_eager']['samples_per_second']:>20.0f} /s "
+          f"{figures['speedup']:>6.0f}x")
   print(f"  train_on_logged: {LOGGED_SAMPLES} samples timed after one warm-up batch; "
         f"eager: at most {EAGER_MAX_SAMPLES} samples or {EAGER_MAX_SECONDS:g} s")
 
@@ -225,7 +226,8 @@ def targets(results: Dict[str, dict]) -> List[dict]:
                     "(difference < 2 s.e.)",
           "met": bool(project["final_regret"] - reference["final_regret"] < 2 * stderr),
           "detail": f"{project['final_regret']:.4f} vs {reference['final_regret']:.4f}, difference "
-                    f"{project['final_regret'] - reference['final_regret']:+.4f} ± {stderr:.4f} s.e."})
+                    f"{project['final_regret'] - reference['final_regret']:+.4f} "
+                    f"± {stderr:.4f} s.e."})
     if result["num_movies"] == THROUGHPUT_TARGET_MOVIES:
       rate = result["batch_training"]["train_on_logged"]["samples_per_second"]
       checks.append({
@@ -254,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--agents", default=",".join(AGENT_NAMES),
                       type=lambda text: parse_list(text, AGENT_NAMES),
                       help="comma-separated project agents (default: %(default)s)")
-  parser.add_argument("--seed", type=int, default=0, help="data, users and agents (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="data, users and agents (default: %(default)s)")
   parser.add_argument("--data", default=None,
-                      help="ml-100k/ folder, its zip, or u.data (default: seeded generated ratings)")
+                      help="ml-100k/ folder, its zip, or u.data "
+                           "(default: seeded generated ratings)")
   parser.add_argument("--output-dir", type=pathlib.Path,
                       default=pathlib.Path(__file__).resolve().parent / "results",
                       help="where the JSON and PNGs go (default: bench/results)")

@@ -27,7 +27,8 @@ def _wait_for_version(url: str, version: str, timeout: float = 60.0) -> None:
 
 def expected_regret(model: simulation.MovieLensModel, directory: str) -> float:
   """The serving policy's exact expected regret over all simulated users (no sampling noise)."""
-  probabilities = model_io.probabilities(model_io.load_serving_policy(directory), model.user_vectors)
+  probabilities = model_io.probabilities(model_io.load_serving_policy(directory),
+                                         model.user_vectors)
   return exploration.expected_regret(probabilities, model.approx_ratings)
 
 
@@ -89,10 +90,12 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
       outcome = trigger.maybe_retrain(config, threshold)
       for version, stats in served["versions"].items():
         stats["expected_regret"] = expected_regret(world, os.path.join(paths.serving, version))
-      rows.append({"round": index + 1, "versions": served["versions"], "requests": served["requests"],
+      rows.append({"round": index + 1, "versions": served["versions"],
+                   "requests": served["requests"],
                    "errors": served["errors"], "mean_reward": served["mean_reward"],
                    "regret": served["mean_regret"], "cumulative_regret": cumulative,
-                   "expected_regret": max(s["expected_regret"] for s in served["versions"].values()),
+                   "expected_regret": max(s["expected_regret"]
+                                          for s in served["versions"].values()),
                    "drifted": world is not model,
                    "retraining": _decision(outcome), "trigger": outcome["reason"],
                    "new_records": outcome.get("new_records")})
@@ -116,7 +119,8 @@ def print_table(report: Dict[str, Any]) -> None:
     versions = ", ".join(row["versions"]) or "-"
     drift = " (drifted)" if row["drifted"] else ""
     print(f"{row['round']:>5}  {versions:24s} {row['requests']:>8}  {row['mean_reward']:>11.3f}  "
-          f"{row['regret']:>7.3f}  {row['expected_regret']:>8.3f}  {row['cumulative_regret']:>10.1f}"
+          f"{row['regret']:>7.3f}  {row['expected_regret']:>8.3f}  "
+          f"{row['cumulative_regret']:>10.1f}"
           f"  {row['retraining']}{drift}")
     if row["trigger"].startswith("early"):
       print(f"{'':>7}trigger: {row['trigger']}")

@@ -37,7 +37,9 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
   store = warehouse_lib.Warehouse(workdirs.LocalPaths(str(workdir)).warehouse)
   records = store.rewarded_records()
   served = records["model_version"] != "uniform-random"
-  assert served.sum() == sum(v["count"] for row in report["rounds"] for v in row["versions"].values())
+  assert served.sum() == sum(v["count"] for row in report["rounds"]
+                             for v in row["versions"].values())
   users = testing.users_of(model, records["observation"][served])
-  np.testing.assert_allclose(records["reward"][served], model.reward(users, records["action"][served]),
+  np.testing.assert_allclose(records["reward"][served],
+                             model.reward(users, records["action"][served]),
                              rtol=1e-5, atol=1e-5)

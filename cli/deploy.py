@@ -68,7 +68,8 @@ def locked_requirements(function: Function) -> List[str]:
     if match:
       pins[_distribution(match.group(1))] = match.group(2)
   names = [line.strip() for line in
-           (PROJECT_ROOT / "functions" / function.name / "requirements.txt").read_text().splitlines()
+           (PROJECT_ROOT / "functions" / function.name / "requirements.txt")
+           .read_text().splitlines()
            if line.strip() and not line.startswith("#")]
   missing = [name for name in names if _distribution(name) not in pins]
   if missing:

@@ -25,7 +25,8 @@ def _quiet_known_noise() -> None:
   Google clients' notices about their own Python and grpcio support, TF-Agents'
   SyntaxWarnings, Gym's notice (TF-Agents imports Gym), and the warnings TFX, Beam
   and TensorFlow log about their internals, and TensorFlow's notice that a saved
-  policy's distribution needs TensorFlow Probability to load (it is installed). Errors still show, one line each."""
+  policy's distribution needs TensorFlow Probability to load (it is installed).
+  Errors still show, one line each."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
   warnings.filterwarnings("ignore", category=SyntaxWarning, message=r'"is( not)?" with a literal')
@@ -61,8 +62,8 @@ def _train(config: Config, samples: int) -> dict:
   env = environment.MovieLensEnvironment(model, batch_size=config.environment.batch_size,
                                          seed=config.environment.seed)
   agent = agents.create_agent(config.agent, env.time_step_spec(), env.action_spec())
-  curve = training.train_online(agent, env, samples, agents.exploring_action_fn(agent, config.agent),
-                                progress=True)
+  curve = training.train_online(agent, env, samples,
+                                agents.exploring_action_fn(agent, config.agent), progress=True)
   everyone = np.arange(model.num_users)
   report = {
       "agent": config.agent.name,
@@ -89,8 +90,10 @@ def _print_train_report(report: dict, workdir: str) -> None:
   print(f"\n{report['agent']} on {report['users']} users x {report['num_movies']} movies, "
         f"rank {report['rank_k']} (reconstruction RMSE {report['reconstruction_rmse']:.3f})")
   print(f"  online:  {online['samples']} samples, {online['samples_per_second']:.0f} samples/s, "
-        f"mean reward {online['mean_reward']:.3f}, regret over the last 10% {online['final_regret']:.3f}")
-  print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, regret {greedy['regret']:.3f}, "
+        f"mean reward {online['mean_reward']:.3f}, "
+        f"regret over the last 10% {online['final_regret']:.3f}")
+  print(f"  greedy policy (all users):  reward {greedy['reward']:.3f}, "
+        f"regret {greedy['regret']:.3f}, "
         f"optimal action {greedy['optimal_action_share']:.1%}")
   print(f"  serving policy ({report['exploration']}):  reward {serving['reward']:.3f}, "
         f"regret {serving['regret']:.3f}")
@@ -145,7 +148,8 @@ def _start_workdir(config: Config, force: bool) -> Config:
       raise WorkdirError(f"{config.workdir} is not empty: a second startup would replace what it "
                          "serves. Use another --workdir, or --force to clear it")
     if options.remembered(config.workdir) is None:
-      raise WorkdirError(f"--force clears only a workdir of rlops: {config.workdir} has other files")
+      raise WorkdirError(f"--force clears only a workdir of rlops: "
+                         f"{config.workdir} has other files")
     shutil.rmtree(config.workdir)
   if config.data.path:
     config = config.replace(data={"path": os.path.abspath(config.data.path)})
@@ -386,8 +390,10 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     indent = "  " * depth
     m, outcome = link["model"], link["outcome"]
     print(f"{indent}model {m['id']} ({m.get('agent')}, {m.get('samples')} records) {m['uri']}")
-    print(f"{indent}  blessed: {outcome.get('blessed')}, pushed: {outcome.get('pushed_destination')}")
-    print(f"{indent}  trained on examples {link['examples']['id']} (span {link['examples']['span']}, "
+    print(f"{indent}  blessed: {outcome.get('blessed')}, "
+          f"pushed: {outcome.get('pushed_destination')}")
+    print(f"{indent}  trained on examples {link['examples']['id']} "
+          f"(span {link['examples']['span']}, "
           f"records logged before {windows.iso(m['window_end'])}) {link['examples']['uri']}")
     print(f"{indent}  pipeline run {link['pipeline_run']}")
     if link["generator"]:
@@ -429,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
   # A cold start, served with exploration that shrinks as the model learns: round 1 serves a
   # weak model, and the rounds show the loop improving it from its own logs.
   options.add_config_arguments(demo, samples=COLD_START_SAMPLES, exploration="inverse_gap")
-  demo.add_argument("--rounds", type=int, default=4, help="rounds of traffic (default: %(default)s)")
+  demo.add_argument("--rounds", type=int, default=4,
+                    help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,
                     help="simulated requests per round (default: %(default)s)")
   demo.add_argument("--threshold", type=int, default=1500,
@@ -465,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="server processes sharing the port, each with its own outbox "
                           "WORKDIR/outbox-<i>.jsonl (default: %(default)s, WORKDIR/outbox.jsonl)")
   serve.add_argument("--logger-url", default=None,
-                     help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+                     help="Logger function URL "
+                          "(default: write to WORKDIR/warehouse.sqlite in process)")
   serve.set_defaults(handler=_cmd_serve)
 
   replay = commands.add_parser(
@@ -475,18 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
   replay.add_argument("path", nargs="*",
                       help="dead-letter files (default: WORKDIR/outbox*.jsonl.dead.jsonl)")
   replay.add_argument("--logger-url", default=None,
-                      help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+                      help="Logger function URL "
+                           "(default: write to WORKDIR/warehouse.sqlite in process)")
   replay.set_defaults(handler=_cmd_replay_dead_letters)
 
-  simulate = commands.add_parser("simulate", help="send simulated users' requests and their feedback")
+  simulate = commands.add_parser("simulate",
+                                 help="send simulated users' requests and their feedback")
   options.add_config_arguments(simulate)
   simulate.add_argument("--url", default="http://127.0.0.1:8080/predict",
                         help="the endpoint's predict URL (default: %(default)s)")
   simulate.add_argument("--requests", type=int, default=1000,
                         help="requests to send (default: %(default)s)")
-  simulate.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast as answered)")
+  simulate.add_argument("--rate", type=float, default=None,
+                        help="requests per second (default: as fast as answered)")
   simulate.add_argument("--logger-url", default=None,
-                        help="Logger function URL (default: write to WORKDIR/warehouse.sqlite in process)")
+                        help="Logger function URL "
+                             "(default: write to WORKDIR/warehouse.sqlite in process)")
   simulate.set_defaults(handler=_cmd_simulate)
 
   train = commands.add_parser("train", help="train an agent online on the MovieLens simulation")
@@ -563,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
   generate.add_argument("--output", default="rlops-work/data/u.data",
                         help="file to write (default: %(default)s)")
   download = data_commands.add_parser("download", help="download and extract the MovieLens zip")
-  download.add_argument("--url", default=movielens.DEFAULT_URL, help="zip URL (default: %(default)s)")
+  download.add_argument("--url", default=movielens.DEFAULT_URL,
+                        help="zip URL (default: %(default)s)")
   download.add_argument("--dest", default="rlops-work/data",
                         help="folder to extract into (default: %(default)s)")
   describe = data_commands.add_parser("describe", help="statistics of a ratings file")

@@ -24,7 +24,8 @@ def test_console_script_lists_its_commands():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--agent", "linucb", "--num-movies", "20", "--rank-k", "30"], "rank_k must be between 1 and num_movies"),
+    (["--agent", "linucb", "--num-movies", "20", "--rank-k", "30"],
+     "rank_k must be between 1 and num_movies"),
     (["--data", "/no/such/ml-100k"], "data path '/no/such/ml-100k' does not exist"),
     (["--samples", "-5"], "samples must be positive"),
     (["--epsilon", "2"], r"epsilon must be in \[0, 1\]"),

@@ -8,7 +8,8 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples
 
 
-def read_split(examples: Examples, split: str, rank_k: int, batch_size: int = 8192) -> Dict[str, np.ndarray]:
+def read_split(examples: Examples, split: str, rank_k: int,
+               batch_size: int = 8192) -> Dict[str, np.ndarray]:
   """observation [n, k], action, reward, propensity of one split, as NumPy arrays."""
   split_dir = artifact_utils.get_split_uri([examples], split)
   files = tf.io.gfile.glob(os.path.join(split_dir, "*"))

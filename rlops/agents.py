@@ -53,7 +53,8 @@ def restart(observations) -> ts.TimeStep:
 
 
 class LinearArms(NamedTuple):
-  """Per-arm parameters of a linear agent: theta [K, d] and the inverse of A + lambda·I [K, d, d]."""
+  """Per-arm parameters of a linear agent: theta [K, d] and the inverse of A + lambda·I
+  [K, d, d]."""
   theta: tf.Tensor
   inverse_cov: tf.Tensor
 

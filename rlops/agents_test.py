@@ -32,7 +32,8 @@ def test_every_agent_has_a_greedy_and_a_serving_policy(name):
   greedy = agents.greedy_policy(agent).action(agents.restart(observations)).action.numpy()
   for rule in (AgentConfig(exploration="epsilon_greedy", epsilon=0.2),
                AgentConfig(exploration="inverse_gap")):
-    probabilities = agents.serving_policy(agent, rule, 80).probabilities(agents.restart(observations))
+    probabilities = agents.serving_policy(agent, rule, 80).probabilities(
+        agents.restart(observations))
     np.testing.assert_array_equal(np.argmax(probabilities, axis=1), greedy)
 
 
@@ -61,7 +62,8 @@ def test_serving_propensities_are_exact():
   np.testing.assert_allclose(probabilities[0], expected, rtol=1e-6)
   step = policy.action(time_step, seed=1)
   actions = step.action.numpy()
-  np.testing.assert_allclose(np.exp(step.info.log_probability.numpy()), expected[actions], rtol=1e-5)
+  np.testing.assert_allclose(np.exp(step.info.log_probability.numpy()), expected[actions],
+                             rtol=1e-5)
   frequencies = np.bincount(actions, minlength=num_actions) / len(actions)
   # Binomial standard error at n = 20,000 is at most 0.0035; allow 4 of them.
   np.testing.assert_allclose(frequencies, expected, atol=0.014)

@@ -174,7 +174,7 @@ class BigQueryWarehouse:
   def count_rewarded(self, begin: float = 0.0, end: float = math.inf) -> int:
     """Number of predictions with feedback and begin <= event_time < end."""
     sql = f"SELECT COUNT(*) FROM ({warehouse_lib.training_query(begin, end, self.table_prefix)})"
-    return list(self._client.query(sql).result())[0][0]
+    return next(iter(self._client.query(sql).result()))[0]
 
   def close(self) -> None:
     self._client.close()

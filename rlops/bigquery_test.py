@@ -202,7 +202,8 @@ USING (SELECT * FROM UNNEST(@rows)) AS S
 ON T.request_id = S.request_id
 WHEN NOT MATCHED THEN
   INSERT (request_id, event_time, observation, action, propensity, model_version, source)
-  VALUES (S.request_id, S.event_time, S.observation, S.action, S.propensity, S.model_version, S.source)"""
+  VALUES (S.request_id, S.event_time, S.observation, S.action, S.propensity, \
+S.model_version, S.source)"""
 FEEDBACK_MERGE = f"""MERGE `{PROJECT}.{DATASET}.feedback` AS T
 USING (SELECT * FROM UNNEST(@rows)) AS S
 ON T.request_id = S.request_id

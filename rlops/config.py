@@ -162,7 +162,8 @@ class PipelineConfig:
       raise ConfigError("train_batch_size and epochs must be positive")
     unknown = set(self.gate_metrics) - set(GATE_METRICS)
     if not self.gate_metrics or unknown:
-      raise ConfigError(f"gate_metrics must be among {', '.join(GATE_METRICS)}, got {self.gate_metrics}")
+      raise ConfigError(f"gate_metrics must be among {', '.join(GATE_METRICS)}, "
+                        f"got {self.gate_metrics}")
     if self.gate_tolerance < 0:
       raise ConfigError(f"gate_tolerance must be non-negative, got {self.gate_tolerance}")
     if not self.feedback_lateness >= 0:
@@ -263,7 +264,8 @@ class GcpConfig:
         raise ConfigError(f"gcp.{field} must be a machine type like 'n1-standard-2', "
                           f"got {getattr(self, field)!r}")
     if self.dataflow_max_workers < 1:
-      raise ConfigError(f"gcp.dataflow_max_workers must be positive, got {self.dataflow_max_workers}")
+      raise ConfigError(f"gcp.dataflow_max_workers must be positive, "
+                        f"got {self.dataflow_max_workers}")
     if self.trainer_cpu_limit <= 0 or self.trainer_memory_limit <= 0:
       raise ConfigError("gcp.trainer_cpu_limit and gcp.trainer_memory_limit must be positive")
     if not 1 <= self.serving_min_replicas <= self.serving_max_replicas:
@@ -289,7 +291,8 @@ class Config:
     self.pipeline.validate()
     if self.agent.propensity_floor * self.environment.num_movies > 1.0:
       raise ConfigError(f"propensity_floor must be at most 1 / num_movies "
-                        f"({1 / self.environment.num_movies:.4g}), got {self.agent.propensity_floor}")
+                        f"({1 / self.environment.num_movies:.4g}), "
+                        f"got {self.agent.propensity_floor}")
     if self.agent.is_linear and self.pipeline.epochs != 1:
       raise ConfigError("linear agents train in one pass over the data: epochs must be 1")
     if self.gcp is not None:

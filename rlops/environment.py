@@ -1,4 +1,5 @@
-"""The MovieLens contextual bandit as a TF-Agents environment (`rlops.simulation` holds the model)."""
+"""The MovieLens contextual bandit as a TF-Agents environment (`rlops.simulation` holds the
+model)."""
 from typing import Optional, Tuple
 
 import numpy as np

@@ -78,7 +78,8 @@ def test_seeded_user_draws():
 
 def test_tf_agents_driver_and_regret_metric_accept_it():
   model = testing.small_model()
-  env = tf_py_environment.TFPyEnvironment(environment.MovieLensEnvironment(model, batch_size=8, seed=0))
+  env = tf_py_environment.TFPyEnvironment(
+      environment.MovieLensEnvironment(model, batch_size=8, seed=0))
   # As TF-Agents' train_eval_movielens.py wires its own MovieLens environment.
   regret = tf_metrics.RegretMetric(functools.partial(
       environment_utilities.compute_optimal_reward_with_movielens_environment, environment=env))

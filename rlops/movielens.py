@@ -149,7 +149,8 @@ def load_ratings(path: PathLike, num_users: Optional[int] = None,
   return parse_udata(raw, source, num_users=num_users, num_movies=num_movies)
 
 
-def download_movielens(dest_dir: PathLike, url: str = DEFAULT_URL, timeout: float = 60.0) -> pathlib.Path:
+def download_movielens(dest_dir: PathLike, url: str = DEFAULT_URL,
+                       timeout: float = 60.0) -> pathlib.Path:
   """Downloads the MovieLens zip from `url` and extracts it into `dest_dir`.
 
   Returns the path of the extracted `u.data`. The zip is checked before it
@@ -160,7 +161,8 @@ def download_movielens(dest_dir: PathLike, url: str = DEFAULT_URL, timeout: floa
   with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
     archive_path = pathlib.Path(tmp) / "download.zip"
     try:
-      with urllib.request.urlopen(url, timeout=timeout) as response, open(archive_path, "wb") as out:
+      with urllib.request.urlopen(url, timeout=timeout) as response, \
+           open(archive_path, "wb") as out:
         shutil.copyfileobj(response, out)
     except OSError as error:
       raise DataError(f"{url}: download failed: {error}") from error
@@ -236,7 +238,8 @@ def describe(ratings: Ratings) -> dict:
       "users": int((per_user > 0).sum()),
       "movies": int((per_movie > 0).sum()),
       "density": len(ratings) / (ratings.num_users * ratings.num_movies),
-      "rating_shares": (np.bincount(ratings.ratings, minlength=6)[1:] / len(ratings)).round(4).tolist(),
+      "rating_shares": (np.bincount(ratings.ratings, minlength=6)[1:]
+                        / len(ratings)).round(4).tolist(),
       "mean_rating": float(ratings.ratings.mean()),
       "ratings_per_user": {"min": int(per_user.min()), "median": float(np.median(per_user)),
                            "max": int(per_user.max())},

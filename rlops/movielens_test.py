@@ -149,7 +149,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def loopback_server():
   files = {}
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, files=files))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                           functools.partial(_Handler, files=files))
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   yield f"http://127.0.0.1:{server.server_address[1]}", files

@@ -14,7 +14,8 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
   return (cumulative[window:] - cumulative[:-window]) / window
 
 
-def learning_curves(curves: Dict[str, "object"], path: pathlib.Path, title: str = "") -> pathlib.Path:
+def learning_curves(curves: Dict[str, "object"], path: pathlib.Path,
+                    title: str = "") -> pathlib.Path:
   """Plots the moving-average regret per sample of each named `LearningCurve`."""
   figure, axis = plt.subplots(figsize=(8, 4.5))
   for name, curve in curves.items():
@@ -35,7 +36,8 @@ def rounds(rows, path) -> str:
   axis.plot(numbers, [row["expected_regret"] for row in rows], marker="^", linestyle="--",
             label="expected regret of the serving policy")
   for row in rows:
-    axis.annotate("v" + ",".join(v[-4:] for v in row["versions"]), (row["round"], row["mean_reward"]),
+    axis.annotate("v" + ",".join(v[-4:] for v in row["versions"]),
+                  (row["round"], row["mean_reward"]),
                   textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
   axis.set_xlabel("round")
   axis.set_xticks(numbers)
@@ -51,9 +53,11 @@ def lineage_graph(chain, path) -> str:
   arrow = {"arrowstyle": "->", "color": "0.3"}
   for column, link in enumerate(reversed(chain)):
     model, outcome, examples = link["model"], link["outcome"], link["examples"]
-    state = "pushed" if outcome.get("pushed") else "blessed" if outcome.get("blessed") else "not blessed"
+    state = ("pushed" if outcome.get("pushed")
+             else "blessed" if outcome.get("blessed") else "not blessed")
     axis.text(column, 2, f"Model {model['id']}\n{model.get('agent')}, {state}", ha="center",
-              va="center", bbox={**boxes, "facecolor": "#cfe8cf" if outcome.get("pushed") else "#eee"})
+              va="center",
+              bbox={**boxes, "facecolor": "#cfe8cf" if outcome.get("pushed") else "#eee"})
     axis.text(column, 1, f"Examples {examples['id']}\nspan {examples['span']}", ha="center",
               va="center", bbox={**boxes, "facecolor": "#dde6f5"})
     axis.annotate("", xy=(column, 1.75), xytext=(column, 1.25), arrowprops=arrow)

@@ -40,7 +40,8 @@ def test_linear_training_from_logs_is_one_exact_pass():
   training.train_on_logged(agent, observations, actions, rewards, batch_size=1024)
   for arm in (0, model.num_movies - 1):
     chosen = observations[actions == arm].astype(np.float64)
-    np.testing.assert_allclose(agent.cov_matrix[arm].numpy(), chosen.T @ chosen, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(agent.cov_matrix[arm].numpy(), chosen.T @ chosen,
+                               rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(agent.data_vector[arm].numpy(), chosen.T @ rewards[actions == arm],
                                rtol=1e-4, atol=1e-3)
   users = np.arange(model.num_users)

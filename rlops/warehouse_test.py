@@ -2,6 +2,7 @@
 import multiprocessing
 import multiprocessing.pool
 import sqlite3
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from rlops import warehouse
 K = 4
 
 
-def _prediction(i: int, event_time: float = None, prefix: str = "r") -> dict:
-  return {"request_id": f"{prefix}{i}", "event_time": 1000.0 + i if event_time is None else event_time,
+def _prediction(i: int, event_time: Optional[float] = None, prefix: str = "r") -> dict:
+  return {"request_id": f"{prefix}{i}",
+          "event_time": 1000.0 + i if event_time is None else event_time,
           "observation": np.arange(K, dtype=np.float32) + i / 8, "action": i % 7,
           "propensity": 1 / (2 + i % 5), "model_version": f"v{i % 3}", "source": "test"}
 

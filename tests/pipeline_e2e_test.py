@@ -59,7 +59,8 @@ def test_startup_then_retraining_with_gate_and_lineage(tmp_path, capsys):
   assert os.path.isdir(startup["pushed_destination"])
   # The learned policy beats the uniform-random logging policy on the true value.
   evaluation = startup["evaluation"]
-  assert evaluation["candidate"]["oracle"]["value"] > evaluation["baseline"]["oracle"]["value"] + 0.3
+  assert (evaluation["candidate"]["oracle"]["value"]
+          > evaluation["baseline"]["oracle"]["value"] + 0.3)
 
   time.sleep(1)
   model = simulation.MovieLensModel.from_config(config)

@@ -160,7 +160,8 @@ def _sqlite_value(value: Mapping[str, Any], value_type: Mapping[str, Any]):
 
 
 def read_from_bigquery(query, use_standard_sql=False, **unused_kwargs):
-  """Beam's `ReadFromBigQuery(query=...)`: the query's rows as dicts, read through the fake client."""
+  """Beam's `ReadFromBigQuery(query=...)`: the query's rows as dicts, read through the fake
+  client."""
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   _record({"api": "beam.ReadFromBigQuery", "query": query, "use_standard_sql": use_standard_sql})
   rows = [dict(row.items()) for row in SqliteBigQueryClient().query(query).result()]

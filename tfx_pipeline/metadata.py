@@ -20,7 +20,8 @@ def connect(path: str) -> metadata_store.MetadataStore:
 
 
 def _value(proto_value) -> Any:
-  return getattr(proto_value, proto_value.WhichOneof("value")) if proto_value.WhichOneof("value") else None
+  return (getattr(proto_value, proto_value.WhichOneof("value"))
+          if proto_value.WhichOneof("value") else None)
 
 
 def properties(artifact) -> Dict[str, Any]:
@@ -54,7 +55,8 @@ def producer(store, artifact_id: int) -> Optional[metadata_store_pb2.Execution]:
   return None
 
 
-def _artifacts_of_execution(store, execution_id: int, event_types) -> Dict[str, List[metadata_store_pb2.Artifact]]:
+def _artifacts_of_execution(store, execution_id: int,
+                            event_types) -> Dict[str, List[metadata_store_pb2.Artifact]]:
   """Artifacts by key (input or output, by `event_types`) of one execution."""
   by_key: Dict[str, List[int]] = {}
   for event in store.get_events_by_execution_ids([execution_id]):
@@ -73,7 +75,8 @@ def outputs(store, execution_id: int):
 
 
 def _consumers(store, artifact_id: int) -> List[metadata_store_pb2.Execution]:
-  ids = [e.execution_id for e in store.get_events_by_artifact_ids([artifact_id]) if e.type in _INPUT_EVENTS]
+  ids = [e.execution_id for e in store.get_events_by_artifact_ids([artifact_id])
+         if e.type in _INPUT_EVENTS]
   return store.get_executions_by_id(ids) if ids else []
 
 
@@ -107,7 +110,8 @@ def model_outcome(store, model: metadata_store_pb2.Artifact) -> Dict[str, Any]:
     if keys.PUSHED_MODEL_KEY in outs:
       pushed = properties(outs[keys.PUSHED_MODEL_KEY][0])
       outcome["pushed"] = bool(pushed.get("pushed"))
-      outcome["pushed_destination"] = pushed.get("pushed_destination") if outcome["pushed"] else None
+      outcome["pushed_destination"] = (pushed.get("pushed_destination") if outcome["pushed"]
+                                       else None)
   return outcome
 
 
@@ -135,9 +139,12 @@ def lineage(store, model: metadata_store_pb2.Artifact) -> List[Dict[str, Any]]:
                   if node_id(store, execution) == "Generator"]
     link = {
         "model": {"id": model.id, "uri": model.uri, **properties(model)},
-        "outcome": {k: v for k, v in model_outcome(store, model).items() if k in ("blessed", "pushed", "pushed_destination")},
-        "examples": {"id": examples.id, "uri": examples.uri, "span": properties(examples).get("span")},
-        "query": _value(example_gen.properties["input_config"]) if "input_config" in example_gen.properties else None,
+        "outcome": {k: v for k, v in model_outcome(store, model).items()
+                    if k in ("blessed", "pushed", "pushed_destination")},
+        "examples": {"id": examples.id, "uri": examples.uri,
+                     "span": properties(examples).get("span")},
+        "query": (_value(example_gen.properties["input_config"])
+                  if "input_config" in example_gen.properties else None),
         "pipeline_run": run,
         "generator": None,
     }

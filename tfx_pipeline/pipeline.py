@@ -76,7 +76,8 @@ def _parameter(name: str, ptype: type) -> tfx.dsl.experimental.RuntimeParameter:
 def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] = None, *,
                     pipeline_root: str, warehouse: str, push_directory: Optional[str] = None,
                     target: str = LOCAL,
-                    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+                    metadata_connection_config: Optional[
+                        metadata_store_pb2.ConnectionConfig] = None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
   """Startup: Generator, Ingester, Trainer, Evaluator, Pusher. Retrain: Ingester,
   resolver, Trainer (warm-started), Evaluator, Pusher.
@@ -115,7 +116,8 @@ def create_pipeline(config: Config, mode: str, window: Optional[windows.Window] 
     event_time, trained_window_end, span = window.end - 1, window.end, window.span
   else:
     ingester = tfx.extensions.google_cloud_big_query.BigQueryExampleGen(
-        input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str), output_config=TRAIN_EVAL_SPLIT,
+        input_config=_parameter(windows.INPUT_CONFIG_PARAMETER, str),
+        output_config=TRAIN_EVAL_SPLIT,
         range_config=_parameter(windows.RANGE_CONFIG_PARAMETER, str))
     event_time = _parameter(windows.EVENT_TIME_PARAMETER, float)
     trained_window_end = _parameter(windows.WINDOW_END_PARAMETER, float)

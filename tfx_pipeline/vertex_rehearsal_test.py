@@ -31,7 +31,8 @@ BLESSING_RESOLVER = "latest_blessed_model_resolver-model-blessing-resolver"
 
 def _executor_modules(spec):
   executors = spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
-  return sorted({e["container"]["args"][1].rsplit(".", 1)[0] for e in executors if "container" in e})
+  return sorted({e["container"]["args"][1].rsplit(".", 1)[0]
+                 for e in executors if "container" in e})
 
 
 def _serve(store, startup_records):

@@ -294,7 +294,8 @@ def test_submitters_need_no_tfx():
           "from tfx_pipeline import vertex_runner\n"
           f"gcp = GcpConfig(**{vars(GCP)!r})\n"
           "from tfx_pipeline import windows\n"
-          f"values = vertex_runner.pipeline_parameters(windows.{WINDOW!r}, gcp=gcp, mode='retrain')\n"
+          f"values = vertex_runner.pipeline_parameters(windows.{WINDOW!r}, gcp=gcp, "
+          "mode='retrain')\n"
           "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
           "('tfx', 'tensorflow', 'kfp'))))\n")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -43,7 +43,8 @@ def _probabilities(model: types.Artifact, records: Dict[str, np.ndarray],
           model_io.probabilities(policy, simulated.user_vectors))
 
 
-def _logging_policy_report(records: Dict[str, np.ndarray], model: simulation.MovieLensModel) -> Dict[str, Any]:
+def _logging_policy_report(records: Dict[str, np.ndarray],
+                           model: simulation.MovieLensModel) -> Dict[str, Any]:
   """The baseline when nothing is blessed yet: the policy that logged the data.
 
   Its on-policy value is the mean logged reward; the oracle value is taken for
@@ -166,11 +167,17 @@ class Executor(evaluator_executor.Executor):
     io_utils.write_string_file(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME
                                             if blessed else constants.NOT_BLESSED_FILE_NAME), "")
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-                                     constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)
-    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, candidate.uri)
-    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, candidate.id)
+                                     constants.BLESSED_VALUE if blessed
+                                     else constants.NOT_BLESSED_VALUE)
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY,
+                                        candidate.uri)
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY,
+                                     candidate.id)
     if baseline is not None:
-      blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
-      blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
-    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, "; ".join(reasons))
+      blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY,
+                                          baseline.uri)
+      blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY,
+                                       baseline.id)
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY,
+                                        "; ".join(reasons))
     absl.logging.info("gate: %s (%s)", "blessed" if blessed else "not blessed", "; ".join(reasons))

@@ -65,7 +65,8 @@ def test_a_worse_candidate_is_not_blessed(tmp_path):
     estimate = result["candidate"][metric]
     assert estimate["low"] <= estimate["value"] <= estimate["high"]
   # On correct logs, the off-policy estimate is close to the true value.
-  assert result["candidate"]["dr"]["value"] == pytest.approx(result["candidate"]["oracle"]["value"], abs=0.3)
+  assert result["candidate"]["dr"]["value"] == pytest.approx(
+      result["candidate"]["oracle"]["value"], abs=0.3)
 
   result, blessing = _evaluate(tmp_path / "b", bad, good, eval_records)
   assert not result["blessed"] and result["baseline_name"] == "blessed model 7"
@@ -81,7 +82,8 @@ def test_gate_decides_on_the_paired_difference_interval():
   baseline = {"dr": {"value": 3.40}, "oracle": {"value": 3.5}}
   # Two point estimates 0.40 apart, but the paired interval includes no loss beyond doubt.
   uncertain = {"dr": {"value": -0.40, "low": -0.9, "high": 0.02}}
-  blessed, verdicts = executor.gate(candidate, baseline, uncertain, ("dr", "oracle"), tolerance=0.05)
+  blessed, verdicts = executor.gate(candidate, baseline, uncertain, ("dr", "oracle"),
+                                    tolerance=0.05)
   assert blessed and [v.passed for v in verdicts] == [True, True]
   assert verdicts[0] == executor.Verdict("dr", 3.00, 3.40, -0.40, -0.9, 0.02, True)
   worse = {"dr": {"value": -0.40, "low": -0.6, "high": -0.2}}

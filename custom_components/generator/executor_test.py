@@ -64,7 +64,8 @@ def test_writes_every_record_exactly_once_to_bigquery_by_merge(tmp_path, monkeyp
                                    [bigquery_test.PREDICTIONS_MERGE] * chunks)
   table = f"{bigquery_test.PROJECT}.{bigquery_test.DATASET}"
   rows = bigquery_test.merged_rows(client)
-  expected_ids = [executor.request_id("gen-1000", index) for index in range(config.pipeline.samples)]
+  expected_ids = [executor.request_id("gen-1000", index)
+                  for index in range(config.pipeline.samples)]
   assert sorted(row["request_id"] for row in rows[f"{table}.predictions"]) == expected_ids
   assert sorted(row["request_id"] for row in rows[f"{table}.feedback"]) == expected_ids
   model = simulation.MovieLensModel.from_config(config)

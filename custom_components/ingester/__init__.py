@@ -1,1 +1,2 @@
-"""Ingester: the local query-based ExampleGen on the SQLite warehouse (BigQueryExampleGen in production)."""
+"""Ingester: the local query-based ExampleGen on the SQLite warehouse
+(BigQueryExampleGen in production)."""

@@ -1,4 +1,5 @@
-"""Tests of the Ingester: its executor on a real warehouse, and the component in a LocalDagRunner."""
+"""Tests of the Ingester: its executor on a real warehouse, and the component in a
+LocalDagRunner."""
 import json
 import os
 
@@ -32,10 +33,12 @@ def _record(i: int, event_time: float, prefix: str) -> tuple:
 
 @pytest.fixture(scope="module")
 def warehouse_path(tmp_path_factory):
-  """500 rewarded records in [BEGIN, END), some unrewarded ones in it, and rewarded ones around it."""
+  """500 rewarded records in [BEGIN, END), some unrewarded ones in it, and rewarded ones
+  around it."""
   path = str(tmp_path_factory.mktemp("warehouse") / "warehouse.db")
   store = warehouse.Warehouse(path)
-  in_span = [_record(i, BEGIN + i * (END - BEGIN) / NUM_REWARDED, "in") for i in range(NUM_REWARDED)]
+  in_span = [_record(i, BEGIN + i * (END - BEGIN) / NUM_REWARDED, "in")
+             for i in range(NUM_REWARDED)]
   unrewarded = [_record(i, BEGIN + 10 + i, "unrewarded") for i in range(60)]
   outside = [_record(i, t, "out") for i, t in enumerate([BEGIN - 1e-3, BEGIN - 600, END, END + 1])]
   store.insert_predictions([prediction for prediction, _ in in_span + unrewarded + outside])
@@ -104,7 +107,8 @@ def test_row_to_example_accepts_json_text_and_lists():
   row = {"request_id": "r", "event_time": 1.5, "observation": [0.25, -1.0], "action": 3,
          "propensity": 0.5, "model_version": "m", "reward": 4.0}
   from_list = executor.row_to_example(row)
-  assert executor.row_to_example({**row, "observation": json.dumps(row["observation"])}) == from_list
+  assert executor.row_to_example(
+      {**row, "observation": json.dumps(row["observation"])}) == from_list
   assert from_list.features.feature["observation"].float_list.value == [0.25, -1.0]
 
 

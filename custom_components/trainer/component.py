@@ -50,7 +50,8 @@ class Trainer(base_component.BaseComponent):
   def __init__(self, examples: channel.BaseChannel, agent: AgentConfig,
                environment: EnvironmentConfig, train_batch_size: int, epochs: int,
                warm_start: bool, span: parameters.IntParameter,
-               window_end: parameters.FloatParameter, base_model: Optional[channel.BaseChannel] = None):
+               window_end: parameters.FloatParameter,
+               base_model: Optional[channel.BaseChannel] = None):
     """Constructs a Trainer.
 
     Args:

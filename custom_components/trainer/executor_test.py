@@ -19,7 +19,8 @@ def _train(tmp_path, name, records, base_model=None):
                       agent=AgentConfig(), environment=EnvironmentConfig(num_movies=10, rank_k=4),
                       train_batch_size=4096, epochs=1, warm_start=True, span=3,
                       window_end=123.0)
-  examples = testing_utils.write_examples(str(tmp_path / f"examples-{name}"), {"train": records}, span=3)
+  examples = testing_utils.write_examples(str(tmp_path / f"examples-{name}"), {"train": records},
+                                          span=3)
   model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
   model.uri, model_run.uri = str(tmp_path / f"model-{name}"), str(tmp_path / f"run-{name}")
   inputs = {keys.EXAMPLES_KEY: [examples], keys.BASE_MODEL_KEY: [base_model] if base_model else []}

@@ -37,7 +37,8 @@ def _message(count, start=0):
 
 def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
   path = str(tmp_path / "warehouse.sqlite")
-  with testing_utils.functions_framework(SOURCE, "log_records", {logger.WAREHOUSE_ENV: path}) as url:
+  with testing_utils.functions_framework(SOURCE, "log_records",
+                                         {logger.WAREHOUSE_ENV: path}) as url:
     sink = log_sinks.CloudEventSink(url)
     sink.deliver(_message(30))
     sink.deliver(_message(30))  # At-least-once delivery: the same message again.

@@ -22,7 +22,8 @@ def vertex_predict_url(gcp, aiplatform=None) -> str:
   endpoints = aiplatform.Endpoint.list(filter=f'display_name="{gcp.endpoint_name}"',
                                        project=gcp.project, location=gcp.region)
   if not endpoints:
-    raise RuntimeError(f"no Vertex endpoint named {gcp.endpoint_name!r} in {gcp.project}/{gcp.region}")
+    raise RuntimeError(f"no Vertex endpoint named {gcp.endpoint_name!r} "
+                       f"in {gcp.project}/{gcp.region}")
   return f"https://{gcp.region}-aiplatform.googleapis.com/v1/{endpoints[0].resource_name}:predict"
 
 
@@ -52,6 +53,7 @@ def simulate(cloud_event) -> None:
   else:
     raise RuntimeError("set ENDPOINT_URL, or give RLOPS_CONFIG a gcp section")
   summary = traffic.run_simulation(url, simulation.MovieLensModel.from_config(config),
-                           int(os.environ.get("SIMULATOR_REQUESTS", "100")), log_sinks.sink_from_env(),
+                           int(os.environ.get("SIMULATOR_REQUESTS", "100")),
+                           log_sinks.sink_from_env(),
                            seed=int(time.time()), headers=headers)
   print(json.dumps(summary))

@@ -31,7 +31,8 @@ def test_scheduled_tick_sends_requests_and_the_reward_of_that_user_and_movie(tmp
   _push_model(str(tmp_path / "serving"), model)
   path = str(tmp_path / "warehouse.sqlite")
   sink = log_sinks.InProcessSink(path)
-  app = serving_app.create_app(str(tmp_path / "serving"), sink, outbox_path=str(tmp_path / "outbox.jsonl"))
+  app = serving_app.create_app(str(tmp_path / "serving"), sink,
+                               outbox_path=str(tmp_path / "outbox.jsonl"))
   with server.ServerThread(app) as endpoint:
     env = {"ENDPOINT_URL": f"{endpoint.url}/predict", "RLOPS_CONFIG": CONFIG.to_json(),
            "RLOPS_WAREHOUSE": path, "SIMULATOR_REQUESTS": "40"}
