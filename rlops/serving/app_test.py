@@ -50,8 +50,8 @@ def test_predictions_are_logged_once_with_exact_propensities(tmp_path, serving, 
   np.testing.assert_allclose(counts / counts.sum(), policy_probs[0], atol=0.03)
   # The same counters for Prometheus, in its text format.
   assert metrics.headers["content-type"].startswith("text/plain")
-  scraped = {name: float(value) for name, value in
-             (line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#"))}
+  lines = [line for line in metrics.text.splitlines() if not line.startswith("#")]
+  scraped = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines)}
   assert scraped["rlops_predictions_total"] == scraped["rlops_logged_total"] == len(sent)
   assert scraped["rlops_pending"] == 0 and scraped['rlops_serving_model{version="1"}'] == 1
   assert stats["predictions"] == stats["logged"] == len(sent) == 100 + 16 * 256
