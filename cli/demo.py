@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import httpx
 import numpy as np
+import tensorflow as tf
 
 from functions.trigger import main as trigger
 from rlops import (exploration, learning_loop, log_sinks, model_io, plots, simulation, traffic,
@@ -52,6 +53,24 @@ def _references(model: simulation.MovieLensModel, users: List[np.ndarray],
   return references
 
 
+def _write_round(writer, row: Dict[str, Any], outcome: Dict[str, Any]) -> None:
+  """The round's served reward and regret, and its retraining's estimates and gate decision,
+  as TensorBoard scalars at step = round."""
+  step = row["round"]
+  with writer.as_default(step=step):
+    for name in ("mean_reward", "regret", "expected_regret", "cumulative_regret"):
+      tf.summary.scalar(f"served/{name}", row[name])
+    result = outcome.get("result") or {}
+    if result.get("trained"):
+      tf.summary.scalar("gate/blessed", float(bool(result.get("blessed"))))
+      for metric, estimate in result["evaluation"]["candidate"].items():
+        if isinstance(estimate, dict) and "value" in estimate:
+          for bound in ("value", "low", "high"):
+            if bound in estimate:
+              tf.summary.scalar(f"estimates/{metric}_{bound}", estimate[bound])
+  writer.flush()
+
+
 def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: int,
              drift_at_round: Optional[int] = None) -> Dict[str, Any]:
   """Runs the loop; returns the startup outcome, one row per round and the references.
@@ -76,6 +95,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
                                seed=config.environment.seed)
   rows: List[Dict[str, Any]] = []
   cumulative = 0.0
+  writer = tf.summary.create_file_writer(paths.tensorboard)
   with server.ServerThread(app) as endpoint:
     for index, world in enumerate(worlds):
       if startup.get("pushed") or rows:
@@ -99,6 +119,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
                    "drifted": world is not model,
                    "retraining": _decision(outcome), "trigger": outcome["reason"],
                    "new_records": outcome.get("new_records")})
+      _write_round(writer, rows[-1], outcome)
   references = _references(model, users, worlds)
   report = {"startup": {k: startup.get(k) for k in ("model_id", "blessed", "pushed_destination")},
             "rounds": rows, "references": references, "drift_at_round": drift_at_round,

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cli import main as cli
 from rlops import simulation, testing, workdirs
@@ -18,6 +19,14 @@ def test_short_demo_serves_the_retrained_model_and_logs_every_prediction(tmp_pat
   output = capsys.readouterr().out
   assert "retraining after the round" in output and (workdir / "demo_rounds.png").exists()
   assert (workdir / "demo_learning.png").exists()
+  # The rounds in TensorBoard: served reward and regret, the retraining's estimates and gate.
+  tags = {}
+  for events in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(events)):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(event.step)
+  assert tags["served/expected_regret"] == [1, 2]
+  assert tags["gate/blessed"] == [1, 2] and "estimates/dr_low" in tags
   report = json.loads((workdir / "demo_report.json").read_text())
   first, second = report["rounds"]
   assert second["cumulative_regret"] == pytest.approx(

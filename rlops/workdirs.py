@@ -31,6 +31,11 @@ class LocalPaths:
     return os.path.join(self.workdir, "outbox.jsonl")
 
   @property
+  def tensorboard(self) -> str:
+    """TensorBoard logs of the local loop, one step per round of `rlops demo`."""
+    return os.path.join(self.workdir, "tensorboard")
+
+  @property
   def serving(self) -> str:
     """Pusher's base directory: one numbered folder per pushed model version."""
     return os.path.join(self.workdir, "serving")
