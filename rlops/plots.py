@@ -74,10 +74,7 @@ def lineage_graph(chain, path) -> str:
   axis.set_ylim(-0.6, 2.6)
   axis.axis("off")
   axis.set_title("lineage from ML Metadata (oldest left)")
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return path
+  return _write(figure, path)
 
 
 def cumulative_regret(settings: Dict[str, Dict[str, np.ndarray]], path) -> str:
@@ -91,10 +88,7 @@ def cumulative_regret(settings: Dict[str, Dict[str, np.ndarray]], path) -> str:
     axis.set_title(setting)
     axis.grid(alpha=0.3)
     axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return path
+  return _write(figure, path)
 
 
 def learning_rounds(rows, references: Dict[str, Dict[str, list]], path) -> str:
@@ -122,10 +116,7 @@ def learning_rounds(rows, references: Dict[str, Dict[str, list]], path) -> str:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return path
+  return _write(figure, path)
 
 
 def offline_comparison(rows, labels, path) -> str:
@@ -146,6 +137,11 @@ def _save(figure, axis, title: str, path):
   axis.set_title(title)
   axis.grid(alpha=0.3)
   axis.legend()
+  return _write(figure, path)
+
+
+def _write(figure, path):
+  """Writes the figure as a PNG at `path` and frees it; returns `path`."""
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
