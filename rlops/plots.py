@@ -27,21 +27,37 @@ def learning_curves(curves: Dict[str, "object"], path: pathlib.Path,
   return _save(figure, axis, title, path)
 
 
+def _gate_label(retraining: str) -> str:
+  """The retraining after a round, in a few words: pushed, not blessed, or not run."""
+  if retraining.startswith("blessed"):
+    return "retrained: pushed"
+  return "retrained: not blessed" if retraining.startswith("not blessed") else "no retraining"
+
+
 def rounds(rows, path) -> str:
-  """Mean reward and regret of the served policy per demo round, with the versions served."""
-  figure, axis = plt.subplots(figsize=(8, 4.5))
+  """Per demo round: the served reward (with the versions that served it) above, the regret
+  (sampled and exact expected) below, each round labelled with its retraining's outcome."""
+  figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
   numbers = [row["round"] for row in rows]
-  axis.plot(numbers, [row["mean_reward"] for row in rows], marker="o", label="mean reward")
-  axis.plot(numbers, [row["regret"] for row in rows], marker="s", label="regret vs oracle")
-  axis.plot(numbers, [row["expected_regret"] for row in rows], marker="^", linestyle="--",
-            label="expected regret of the serving policy")
+  top.plot(numbers, [row["mean_reward"] for row in rows], marker="o", label="mean reward")
   for row in rows:
-    axis.annotate("v" + ",".join(v[-4:] for v in row["versions"]),
-                  (row["round"], row["mean_reward"]),
-                  textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-  axis.set_xlabel("round")
-  axis.set_xticks(numbers)
-  return _save(figure, axis, "served policy per round (labels: model versions, last digits)", path)
+    top.annotate("serving " + ", ".join(row["versions"]), (row["round"], row["mean_reward"]),
+                 textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+  top.set_ylabel("reward")
+  top.set_title("served policy per round")
+  bottom.plot(numbers, [row["regret"] for row in rows], marker="s", label="regret vs oracle")
+  bottom.plot(numbers, [row["expected_regret"] for row in rows], marker="^", linestyle="--",
+              label="expected regret of the serving policy")
+  for row in rows:
+    bottom.annotate(_gate_label(row["retraining"]), (row["round"], row["expected_regret"]),
+                    textcoords="offset points", xytext=(0, 10), ha="center", fontsize=7)
+  bottom.set_ylabel("regret")
+  bottom.set_xlabel("round")
+  bottom.set_xticks(numbers)
+  for axis in (top, bottom):
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  return _write(figure, path)
 
 
 def lineage_graph(chain, path) -> str:
