@@ -18,6 +18,16 @@ from rlops.config import Config, ConfigError
 # Startup samples of the demo: few, so that the loop visibly learns from its own logs.
 COLD_START_SAMPLES = 300
 
+# Exit codes: what went wrong, for scripts.
+EXIT_CONFIGURATION = 2
+EXIT_DATA = 3
+EXIT_WORKDIR = 4
+EXIT_RUNNING = 5
+
+
+class RunningError(Exception):
+  """A pipeline run is under way: the command would start another."""
+
 
 def _quiet_known_noise() -> None:
   """Silences what the libraries print that is no news to a user, where it is made:
@@ -583,17 +593,6 @@ def build_parser() -> argparse.ArgumentParser:
   describe.add_argument("path", help="ml-100k/ folder, its zip, or u.data")
   data.set_defaults(handler=_cmd_data)
   return parser
-
-
-# Exit codes: what went wrong, for scripts.
-EXIT_CONFIGURATION = 2
-EXIT_DATA = 3
-EXIT_WORKDIR = 4
-EXIT_RUNNING = 5
-
-
-class RunningError(Exception):
-  """A pipeline run is under way: the command would start another."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
