@@ -14,7 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
@@ -39,6 +39,10 @@ class Function:
 
 
 LOGS_TOPIC = "rlops-logs"
+# Where Pub/Sub moves a log message the Logger failed MAX_DELIVERY_ATTEMPTS times, and the
+# pull subscription that keeps it (7 days) for `gcloud pubsub subscriptions pull`.
+DEAD_LETTER_TOPIC = "rlops-logs-dead-letter"
+MAX_DELIVERY_ATTEMPTS = 20
 FUNCTIONS = (
     Function("logger", "log_records", LOGS_TOPIC, "512Mi"),
     Function("simulator", "simulate", "rlops-simulator-tick", "1Gi"),
@@ -97,18 +101,49 @@ def build_bundle(function: Function, bundle_dir: str) -> str:
   return target
 
 
+_LOOKUP_RE = re.compile(r"\$\{([A-Z_]+)\}")
+_EXPANDABLE_RE = re.compile(r"[\w@.:/=${}-]+")
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
   """A command, and for a resource that may exist already the command that tells:
-  `create` runs only when `exists` fails or prints nothing (describe-or-create)."""
+  `create` runs only when `exists` fails or prints nothing (describe-or-create).
+
+  `lookups` name values known only once earlier steps ran (a name Eventarc chose,
+  the project number): each (NAME, command) runs in order, and `${NAME}` in the
+  later commands stands for what it printed.
+  """
   create: List[str]
   exists: Optional[List[str]] = None
+  lookups: Tuple[Tuple[str, List[str]], ...] = ()
 
   def shell(self) -> str:
     """The step as one shell line."""
+    line = " && ".join(f'{name}="$({_shell_join(argv)})"' for name, argv in self.lookups)
+    line += " && " if line else ""
     if self.exists is None:
-      return shlex.join(self.create)
-    return f'[ -n "$({shlex.join(self.exists)} 2>/dev/null)" ] || {shlex.join(self.create)}'
+      return line + _shell_join(self.create)
+    return line + f'{{ [ -n "$({_shell_join(self.exists)} 2>/dev/null)" ] || ' \
+        f'{_shell_join(self.create)}; }}'
+
+
+def _shell_join(argv: List[str]) -> str:
+  """shlex.join, but arguments holding `${NAME}` are double-quoted so the shell expands them."""
+  words = []
+  for word in argv:
+    if _LOOKUP_RE.search(word):
+      if not _EXPANDABLE_RE.fullmatch(word):
+        raise ValueError(f"cannot quote {word!r} for expansion")
+      words.append(f'"{word}"')
+    else:
+      words.append(shlex.quote(word))
+  return " ".join(words)
+
+
+def expand(argv: List[str], values: Dict[str, str]) -> List[str]:
+  """`argv` with each `${NAME}` replaced by its value."""
+  return [_LOOKUP_RE.sub(lambda match: values[match.group(1)], word) for word in argv]
 
 
 def paths(settings: DeploySettings) -> Dict[str, str]:
@@ -144,6 +179,38 @@ def retrain_template(config: Config) -> str:
 def _topic(gcp, name: str) -> str:
   """A topic's full resource name: gcloud resolves a bare name against its own project."""
   return f"projects/{gcp.project}/topics/{name}"
+
+
+def _subscription(gcp, name: str) -> str:
+  return f"projects/{gcp.project}/subscriptions/{name}"
+
+
+def _logger_dead_letter_steps(gcp, dead_letters: str) -> List[Step]:
+  """The Logger's subscription (Eventarc's, named once the function is deployed) moves a
+  message that failed MAX_DELIVERY_ATTEMPTS times to the dead-letter topic; Pub/Sub's
+  service agent may publish there and acknowledge the original."""
+  project, location = ["--project", gcp.project], ["--location", gcp.region]
+  subscription = [
+      ("LOGGER_TRIGGER", ["gcloud", "functions", "describe", "rlops-logger", "--gen2",
+                          "--region", gcp.region, "--format", "value(eventTrigger.trigger)",
+                          *project]),
+      ("LOGGER_SUBSCRIPTION", ["gcloud", "eventarc", "triggers", "describe", "${LOGGER_TRIGGER}",
+                               *location, "--format", "value(transport.pubsub.subscription)",
+                               *project])]
+  agent = [("PROJECT_NUMBER", ["gcloud", "projects", "describe", gcp.project,
+                               "--format", "value(projectNumber)"])]
+  member = "serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  return [
+      Step(["gcloud", "pubsub", "subscriptions", "update", "${LOGGER_SUBSCRIPTION}",
+            "--dead-letter-topic", dead_letters,
+            "--max-delivery-attempts", str(MAX_DELIVERY_ATTEMPTS), *project],
+           lookups=tuple(subscription)),
+      Step(["gcloud", "pubsub", "topics", "add-iam-policy-binding", dead_letters, "--member",
+            member, "--role", "roles/pubsub.publisher", *project], lookups=tuple(agent)),
+      Step(["gcloud", "pubsub", "subscriptions", "add-iam-policy-binding",
+            "${LOGGER_SUBSCRIPTION}", "--member", member, "--role", "roles/pubsub.subscriber",
+            *project], lookups=tuple(subscription + agent)),
+  ]
 
 
 def commands(config: Config, settings: DeploySettings) -> List[Step]:
@@ -183,6 +250,15 @@ def commands(config: Config, settings: DeploySettings) -> List[Step]:
   steps += [Step(["gcloud", "pubsub", "topics", "create", _topic(gcp, f.topic), *project],
                  exists=["gcloud", "pubsub", "topics", "describe", _topic(gcp, f.topic), *quiet,
                          *project]) for f in FUNCTIONS]
+  dead_letters = _topic(gcp, DEAD_LETTER_TOPIC)
+  steps += [
+      Step(["gcloud", "pubsub", "topics", "create", dead_letters, *project],
+           exists=["gcloud", "pubsub", "topics", "describe", dead_letters, *quiet, *project]),
+      Step(["gcloud", "pubsub", "subscriptions", "create", _subscription(gcp, DEAD_LETTER_TOPIC),
+            "--topic", dead_letters, "--message-retention-duration", "7d", *project],
+           exists=["gcloud", "pubsub", "subscriptions", "describe",
+                   _subscription(gcp, DEAD_LETTER_TOPIC), *quiet, *project]),
+  ]
   for function in FUNCTIONS:
     steps.append(Step([
         "gcloud", "functions", "deploy", f"rlops-{function.name}", "--gen2", "--runtime", RUNTIME,
@@ -194,6 +270,7 @@ def commands(config: Config, settings: DeploySettings) -> List[Step]:
         *(["--service-account", account, "--trigger-service-account", account]
           if account else []),
         *project]))
+  steps += _logger_dead_letter_steps(gcp, dead_letters)
   steps += [
       Step(["rlops", "compile", "both", "--config", files["config"],
             "--output", os.path.join(files["pipelines"], "rlops.json")]),
@@ -238,10 +315,16 @@ def deploy(config: Config, settings: DeploySettings, dry_run: bool) -> List[str]
     print(printed[-1], flush=True)
     if dry_run:
       continue
+    values = {}
+    for name, argv in step.lookups:
+      values[name] = subprocess.run(expand(argv, values), cwd=PROJECT_ROOT, capture_output=True,
+                                    text=True, check=True).stdout.strip()
+      if not values[name]:
+        raise RuntimeError(f"{shlex.join(expand(argv, values))} printed nothing for {name}")
     if step.exists is not None:
-      found = subprocess.run(step.exists, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             check=False)
+      found = subprocess.run(expand(step.exists, values), cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=False)
       if found.returncode == 0 and found.stdout.strip():
         continue
-    subprocess.run(step.create, check=True, cwd=PROJECT_ROOT)
+    subprocess.run(expand(step.create, values), check=True, cwd=PROJECT_ROOT)
   return printed

@@ -81,7 +81,15 @@ def test_dry_run_goes_from_an_empty_project_to_a_running_loop(tmp_path, capsys):
   creates = [step.create for step in steps]
   assert sum(c[:4] == ["gcloud", "ai", "endpoints", "create"] for c in creates) == 1
   topics = {c[4] for c in creates if c[:4] == ["gcloud", "pubsub", "topics", "create"]}
-  assert topics == {f"projects/my-rlops-project/topics/{f.topic}" for f in deploy.FUNCTIONS}
+  dead_letters = "projects/my-rlops-project/topics/rlops-logs-dead-letter"
+  assert topics == {f"projects/my-rlops-project/topics/{f.topic}" for f in deploy.FUNCTIONS} | {
+      dead_letters}
+  # The Logger's subscription, looked up once the function exists, dead-letters to it.
+  update = next(c for c in creates if c[:4] == ["gcloud", "pubsub", "subscriptions", "update"])
+  assert update[4] == "${LOGGER_SUBSCRIPTION}" and update[update.index(
+      "--dead-letter-topic") + 1] == dead_letters
+  assert creates.index(update) > max(i for i, c in enumerate(creates) if c[:3] == [
+      "gcloud", "functions", "deploy"])
   functions = [c for c in creates if c[:3] == ["gcloud", "functions", "deploy"]]
   assert len(functions) == len(deploy.FUNCTIONS)
   for function, command in zip(deploy.FUNCTIONS, functions):
@@ -106,6 +114,7 @@ def test_dry_run_goes_from_an_empty_project_to_a_running_loop(tmp_path, capsys):
                        ("gcloud", "artifacts", "repositories", "create"),
                        ("gcloud", "ai", "endpoints", "create"),
                        ("gcloud", "pubsub", "topics", "create"),
+                       ("gcloud", "pubsub", "subscriptions", "create"),
                        ("gcloud", "scheduler", "jobs", "create")}
 
 
@@ -126,6 +135,15 @@ def test_written_files_hold_the_whole_config_and_env_values_with_commas_and_at_s
                if s.create[:3] == ["gcloud", "functions", "deploy"]]
   for command in functions:
     assert command[command.index("--trigger-service-account") + 1] == config.gcp.service_account
+
+
+# Values of the shape the lookups print, for commands parsed without a project.
+_LOOKED_UP = {
+    "LOGGER_TRIGGER": "projects/my-rlops-project/locations/us-central1/triggers/rlops-logger-1",
+    "LOGGER_SUBSCRIPTION": "projects/my-rlops-project/subscriptions/eventarc-us-central1-"
+                           "rlops-logger-1-sub-1",
+    "PROJECT_NUMBER": "123456789012",
+}
 
 
 def _gcloud_verdict(argv, config_dir):
@@ -149,7 +167,10 @@ def test_every_gcloud_command_parses(tmp_path):
   deploy.write_files(config, settings)  # --env-vars-file is read while parsing.
   argvs = []
   for step in deploy.commands(config, settings):
-    argvs += [argv for argv in (step.exists, step.create) if argv and argv[0] == "gcloud"]
+    assert {name for name, _ in step.lookups} <= set(_LOOKED_UP)
+    argvs += [deploy.expand(argv, _LOOKED_UP)
+              for argv in (step.exists, step.create, *(argv for _, argv in step.lookups))
+              if argv and argv[0] == "gcloud"]
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     verdicts = list(pool.map(lambda argv: _gcloud_verdict(argv, tmp_path / "gcloud"), argvs))
   assert {shlex.join(a): v for a, v in zip(argvs, verdicts) if v != "parsed"} == {}
@@ -184,3 +205,97 @@ def test_logger_bundle_served_as_deployed_writes_the_warehouse(tmp_path):
                          "propensity": 1.0, "model_version": "1", "source": "endpoint"}],
         "feedback": [{"request_id": "a", "event_time": 2.0, "reward": 3.0}]})
   assert warehouse_lib.Warehouse(path).count_rewarded() == 1
+
+
+# A stand-in for the Cloud CLI that keeps the project's resources in a JSON file and logs
+# every call: describe finds what create made, create fails on what exists, as gcloud does.
+_FAKE_GCLOUD = r"""
+import json, os, sys
+state_path, log_path = os.environ["FAKE_GCLOUD_STATE"], os.environ["FAKE_GCLOUD_LOG"]
+state = json.load(open(state_path)) if os.path.exists(state_path) else {}
+argv, words, flags = sys.argv[1:], [], {}
+while argv:
+  token = argv.pop(0)
+  if token.startswith("--"):
+    name, _, value = token.partition("=")
+    flags[name] = value or (None if name in ("--gen2", "--retry") else argv.pop(0))
+  else:
+    words.append(token)
+if words[0] == "ai":  # Endpoints are found by display name.
+  words.append(flags.get("--display-name") or flags["--filter"].split("=", 1)[1])
+verb, key = words[-2], " ".join(words[:-2] + words[-1:])
+if words[:3] == ["scheduler", "jobs", "create"]:
+  verb, key = "create", " ".join(["scheduler", "jobs", words[-1]])
+outcome, status = verb, 0
+if verb == "create":
+  if key in state:
+    outcome, status = "exists", 1
+  else:
+    state[key] = words[-1]
+elif verb in ("describe", "list"):
+  if words[0] == "projects":
+    print("123456789012")
+  elif key in state:
+    print(state[key])
+  else:
+    outcome, status = "not found", 1
+elif words[:2] == ["functions", "deploy"]:
+  trigger = f"projects/p/locations/r/triggers/{words[2]}-1"
+  state[f"functions {words[2]}"] = trigger
+  state[f"eventarc triggers {trigger}"] = f"projects/p/subscriptions/eventarc-{words[2]}-sub"
+json.dump(state, open(state_path, "w"))
+with open(log_path, "a") as log:
+  log.write(json.dumps({"command": words, "outcome": outcome, "status": status}) + "\n")
+sys.exit(status)
+"""
+
+
+def _fake_cloud(tmp_path, monkeypatch):
+  """PATH with the stand-in gcloud, and an `rlops` that only logs (its commands run for
+  real elsewhere: compile, submit and bigquery-init have tests of their own)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(f"#!{sys.executable}\n{_FAKE_GCLOUD}")
+  (bin_dir / "rlops").write_text(
+      f"#!{sys.executable}\nimport json, os, sys\n"
+      "open(os.environ['FAKE_GCLOUD_LOG'], 'a').write(json.dumps({'command': ['rlops', "
+      "*sys.argv[1:]], 'outcome': 'ran', 'status': 0}) + '\\n')\n")
+  for executable in bin_dir.iterdir():
+    executable.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  monkeypatch.setenv("FAKE_GCLOUD_STATE", str(tmp_path / "state.json"))
+  monkeypatch.setenv("FAKE_GCLOUD_LOG", str(tmp_path / "calls.jsonl"))
+  return tmp_path / "calls.jsonl", tmp_path / "state.json"
+
+
+def _calls(log_path):
+  calls = [json.loads(line) for line in log_path.read_text().splitlines()]
+  log_path.unlink()
+  return calls
+
+
+def test_a_second_deployment_creates_nothing_and_printed_lines_run_the_same(tmp_path,
+                                                                            monkeypatch, capsys):
+  log_path, state_path = _fake_cloud(tmp_path, monkeypatch)
+  settings = deploy.DeploySettings(build_dir=str(tmp_path / "build"))
+  deploy.deploy(CONFIG, settings, dry_run=False)
+  first = _calls(log_path)
+  created = [" ".join(c["command"]) for c in first if c["outcome"] == "create"]
+  # Bucket, repository, endpoint, 4 topics, 1 subscription, 2 scheduler jobs.
+  assert len(created) == 10, created
+  state = json.loads(state_path.read_text())
+  update = next(c["command"] for c in first if c["command"][:3] == [
+      "pubsub", "subscriptions", "update"])
+  assert update[3] == "projects/p/subscriptions/eventarc-rlops-logger-sub"  # Looked up.
+
+  deploy.deploy(CONFIG, settings, dry_run=False)
+  second = _calls(log_path)
+  assert [c for c in second if c["outcome"] == "create" or c["status"]] == []
+  assert json.loads(state_path.read_text()) == state
+  # The printed lines, run by a shell, do what deploy did.
+  printed = deploy.deploy(CONFIG, settings, dry_run=True)
+  capsys.readouterr()
+  for line in printed:
+    subprocess.run(["bash", "-e", "-o", "pipefail", "-c", line], check=True, timeout=60)
+  assert [c["command"] for c in _calls(log_path) if c["status"] == 0] == [
+      c["command"] for c in second]

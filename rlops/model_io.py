@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -51,8 +52,9 @@ def new_agent(agent_config: AgentConfig, num_movies: int, rank_k: int) -> tf_age
 
 
 def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, rank_k: int,
-         directory: str, facts: Dict[str, Any]) -> None:
-  """Writes the agent checkpoint, the serving policy SavedModel and the metadata.
+         directory: str, facts: Dict[str, Any]) -> Dict[str, Any]:
+  """Writes the agent checkpoint, the serving policy SavedModel and the metadata; returns
+  the metadata.
 
   Args:
     agent: The trained agent.
@@ -61,22 +63,37 @@ def save(agent: tf_agent.TFAgent, agent_config: AgentConfig, num_movies: int, ra
     rank_k: Context size.
     directory: Where to write.
     facts: Training facts for the metadata; `trained_records` (records the
-      model learnt from, across warm starts; default 0) sets the exploration.
+      model learnt from, across warm starts; default 0) sets the exploration;
+      `model_version` (default: the save time in whole seconds, as Pusher numbers
+      its versions) is what the model serves as, wherever it is copied.
   """
   tf.io.gfile.makedirs(directory)
   tf.train.Checkpoint(agent=agent).write(os.path.join(directory, CHECKPOINT_DIR, "agent"))
-  facts = {"trained_records": 0.0, **facts}
+  facts = {"trained_records": 0.0, "model_version": str(int(time.time())), **facts}
   policy = agents.serving_policy(agent, agent_config, facts["trained_records"])
   policy_saver.PolicySaver(policy, batch_size=None).save(os.path.join(directory, POLICY_DIR))
   metadata = {"agent": dataclasses.asdict(agent_config), "num_movies": num_movies,
               "rank_k": rank_k, "epsilon": agent_config.epsilon, **facts}
   with tf.io.gfile.GFile(os.path.join(directory, METADATA_FILE), "w") as f:
     f.write(json.dumps(metadata, indent=2, sort_keys=True))
+  return metadata
 
 
 def read_metadata(directory: str) -> Dict[str, Any]:
   with tf.io.gfile.GFile(os.path.join(directory, METADATA_FILE)) as f:
     return json.loads(f.read())
+
+
+def model_version_of(metadata: Dict[str, Any]) -> str:
+  """The version a model directory serves as when served alone (as on Vertex).
+
+  Raises:
+    ValueError: The metadata records no version, or one that is not a non-empty string.
+  """
+  version = metadata.get("model_version")
+  if not isinstance(version, str) or not version:
+    raise ValueError(f"model metadata: model_version must be a non-empty string, got {version!r}")
+  return version
 
 
 def agent_config_of(metadata: Dict[str, Any]) -> AgentConfig:

@@ -82,11 +82,12 @@ class Executor(base_executor.BaseExecutor):
     window_end = float(exec_properties[keys.WINDOW_END_KEY])
     forgetting = agent_config.forgetting if agent_config.is_linear else 1.0
     trained_records = training.trained_records(previous_records, samples, batch_size, forgetting)
-    model_io.save(agent, agent_config, env.num_movies, env.rank_k,
-                  path_utils.serving_model_dir(model.uri),
-                  {"span": span, "window_end": window_end, "samples": samples, "loss": loss,
-                   "trained_records": trained_records, "reward_shortfall": shortfall,
-                   "warm_started_from": base_directory})
+    metadata = model_io.save(
+        agent, agent_config, env.num_movies, env.rank_k, path_utils.serving_model_dir(model.uri),
+        {"span": span, "window_end": window_end, "samples": samples, "loss": loss,
+         "trained_records": trained_records, "reward_shortfall": shortfall,
+         "warm_started_from": base_directory})
+    model.set_string_custom_property("model_version", metadata["model_version"])
     model.set_int_custom_property("span", span)
     model.set_float_custom_property("window_end", window_end)
     model.set_int_custom_property("samples", samples)

@@ -39,6 +39,9 @@ def test_trains_writes_serving_model_and_warm_starts(tmp_path):
   assert os.listdir(model_run.uri)  # TensorBoard events
   assert model.get_int_custom_property("span") == 3
   assert model_io.read_metadata(serving)["samples"] == 3000
+  # The version it serves as wherever it is copied, findable in ML Metadata.
+  assert model.get_string_custom_property("model_version") == model_io.model_version_of(
+      model_io.read_metadata(serving))
 
   warm, _ = _train(tmp_path, "warm", second, base_model=model)
   agent, metadata = model_io.load_agent(path_utils.serving_model_dir(warm.uri))

@@ -2,7 +2,7 @@
 propensities from `rlops.exploration.probabilities` (the function the Evaluator and the
 regret computations use too)."""
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -42,14 +42,22 @@ class ServingModel:
             "epsilon": self.rule.epsilon, "trained_records": self.trained_records}
 
 
-def load_model(directory: str, version: str) -> ServingModel:
+def load_model(directory: str, version: Optional[str]) -> ServingModel:
   """Builds the serving rule of the model in `directory` once, from its agent checkpoint.
+
+  Args:
+    directory: The model directory.
+    version: What it serves as: Pusher's version folder name; None for the
+      `model_version` of its metadata (a directory served alone, as on Vertex,
+      whose path says nothing of the model).
 
   Raises:
     ValueError: The metadata fails the configuration's validation.
     AssertionError: The checkpoint does not match the agent of the metadata.
   """
   agent, metadata = model_io.load_agent(directory)
+  if version is None:
+    version = model_io.model_version_of(metadata)
   config = model_io.agent_config_of(metadata)
   rank_k = int(metadata["rank_k"])
   if config.is_linear:

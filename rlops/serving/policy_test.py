@@ -55,6 +55,7 @@ def _edited(trained_model: str, directory: str, **changes) -> str:
     ({"epsilon": 0.25}, ValueError, "differs from the agent's"),
     ({"rank_k": 0}, ValueError, "rank_k must be between"),
     ({"num_movies": "20"}, ValueError, "num_movies must be an integer"),
+    ({"model_version": ""}, ValueError, "model_version must be a non-empty string"),
     ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": [8]}}, AssertionError,
      "not bound to checkpointed values"),  # Another agent's checkpoint.
 ])
@@ -62,4 +63,4 @@ def test_a_version_that_fails_validation_does_not_load(tmp_path, trained_model, 
                                                        reason):
   directory = _edited(trained_model, str(tmp_path / "bad"), **changes)
   with pytest.raises(error, match=reason):
-    policy.load_model(directory, "bad")
+    policy.load_model(directory, None)

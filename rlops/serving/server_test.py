@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from rlops import testing
+from rlops import model_io, testing
 from rlops.serving import server
 from rlops.serving.testing import instances, logged_predictions, until
 
@@ -41,10 +41,13 @@ def test_app_from_vertex_environment(tmp_path, trained_model, monkeypatch):
       httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
     assert endpoint.port == port
     until(lambda: client.get("/v1/healthz").status_code == 200)
-    assert client.get("/v1/healthz").json()["version"] == "trained"
+    # The version its metadata records: Vertex's copy of the directory has an arbitrary path.
+    version = model_io.read_metadata(trained_model)["model_version"]
+    assert client.get("/v1/healthz").json()["version"] == version
     body = instances(testing.small_model().observe(np.arange(1)), ["vertex-1"])
     response = client.post("/v1/models/rlops:predict", json=body)
     assert response.status_code == 200
+    assert response.json()["predictions"][0]["model_version"] == version
     assert client.post("/predict", json=body).status_code == 404
     assert client.post("/v1/models/rlops:predict", json={"instances": [], "pad": "x" * 5000}
                        ).status_code == 413

@@ -16,8 +16,8 @@ MAX_RETRY_SECONDS = 60.0
 class ModelWatcher:
   """Serves the newest loadable version under `model_uri` and swaps to newer ones.
 
-  `model_uri` is one model directory (it holds the metadata file; the version is
-  its base name) or Pusher's base directory of numbered versions
+  `model_uri` is one model directory (it holds the metadata file and serves as
+  the version its metadata records) or Pusher's base directory of numbered versions
   (`model_io.versions`). A numbered folder is a candidate once its metadata file
   exists. A version is validated as it loads (metadata by the configuration's
   own rules, every checkpointed variable matched); one that fails is skipped,
@@ -38,11 +38,11 @@ class ModelWatcher:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="rlops-model-watcher", daemon=True)
 
-  def _candidates(self) -> List[Tuple[str, str]]:
-    """(version, directory) of loadable versions newer than the current one, newest first."""
+  def _candidates(self) -> List[Tuple[Optional[str], str]]:
+    """(version, directory) of loadable versions newer than the current one, newest first;
+    version None: the one model directory, whose version is in its metadata."""
     if tf.io.gfile.exists(os.path.join(self.model_uri, model_io.METADATA_FILE)):
-      version = os.path.basename(self.model_uri)
-      return [] if self.current else [(version, self.model_uri)]
+      return [] if self.current else [(None, self.model_uri)]
     if not tf.io.gfile.isdir(self.model_uri):
       return []
     newer = [version for version in reversed(model_io.versions(self.model_uri))
@@ -55,27 +55,28 @@ class ModelWatcher:
     """Loads the newest candidate not waiting for a retry, and swaps it in."""
     now = time.monotonic()
     for version, directory in self._candidates():
-      if self._retry.get(version, (0.0, 0.0))[0] > now:
+      name = version or directory  # What `rejected` and the logs call it.
+      if self._retry.get(name, (0.0, 0.0))[0] > now:
         continue
       try:
         model = policy.load_model(directory, version)
       except Exception as error:  # pylint: disable=broad-except
         self.load_failures += 1
-        delay = (min(2 * self._retry[version][1], MAX_RETRY_SECONDS) if version in self._retry
+        delay = (min(2 * self._retry[name][1], MAX_RETRY_SECONDS) if name in self._retry
                  else self.poll_seconds)
-        self._retry[version] = (now + delay, delay)
-        self.rejected[version] = f"{type(error).__name__}: {error}"[:500]
+        self._retry[name] = (now + delay, delay)
+        self.rejected[name] = f"{type(error).__name__}: {error}"[:500]
         absl.logging.warning("model version %s from %s does not serve (retry in %.1f s): %s",
-                             version, directory, delay, self.rejected[version])
+                             name, directory, delay, self.rejected[name])
         continue
       self.current = model
-      if model_io.VERSION_RE.fullmatch(version):
+      if version is not None:
         self._newest_number = int(version)
       self._retry = {v: retry for v, retry in self._retry.items()
                      if model_io.VERSION_RE.fullmatch(v) and int(v) > self._newest_number}
       self.rejected = {v: reason for v, reason in self.rejected.items() if v in self._retry}
       self._loaded.set()
-      absl.logging.info("serving model version %s (%s)", version, model.agent)
+      absl.logging.info("serving model version %s (%s)", model.version, model.agent)
       return
 
   def _run(self) -> None:
