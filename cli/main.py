@@ -371,7 +371,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
   return 0
 
 
-def _cmd_lineage(args: argparse.Namespace) -> int:
+def _local_lineage(args: argparse.Namespace) -> List[dict]:
   from tfx_pipeline import metadata  # pylint: disable=import-outside-toplevel
   path = workdirs.LocalPaths(args.workdir).metadata
   if not os.path.exists(path):
@@ -388,7 +388,27 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     if not models:
       raise WorkdirError(f"no Model artifact with id {args.model} in {path}")
     model = models[0]
-  chain = metadata.lineage(store, model)
+  return metadata.lineage(store, model)
+
+
+def _vertex_lineage(args: argparse.Namespace) -> List[dict]:
+  gcp = options.gcp_from_args(args)
+  if args.model != "latest":
+    raise ConfigError(f"on Vertex, --model is 'latest' (the model {gcp.endpoint_name} serves), "
+                      f"got {args.model!r}")
+  from tfx_pipeline import vertex_metadata  # pylint: disable=import-outside-toplevel
+  vertex = vertex_metadata.VertexMetadata(gcp.project, gcp.region,
+                                          api_endpoint=args.vertex_api_endpoint)
+  try:
+    return vertex.lineage(gcp.endpoint_name)
+  except vertex_metadata.NotFound as error:
+    raise WorkdirError(str(error)) from error
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+  uses_vertex = args.config or args.gcp_config or any(
+      getattr(args, name) for name in options.GCP_OPTIONS)
+  chain = _vertex_lineage(args) if uses_vertex else _local_lineage(args)
   if args.graph:
     from rlops import plots  # pylint: disable=import-outside-toplevel
     plots.lineage_graph(chain, args.graph)
@@ -568,11 +588,22 @@ def build_parser() -> argparse.ArgumentParser:
   options.add_gcp_arguments(bigquery_init)
   bigquery_init.set_defaults(handler=_cmd_bigquery_init)
 
-  lineage = commands.add_parser("lineage", help="a model's upstream chain, from ML Metadata")
+  lineage = commands.add_parser(
+      "lineage", help="a model's upstream chain, from the workdir's ML Metadata or, given the "
+                      "Google Cloud settings, from Vertex ML Metadata",
+      description="The upstream chain of a model: its examples, pipeline run and the models "
+                  "it was warm-started from. Without Google Cloud settings, from the workdir's "
+                  "local ML Metadata; with them (--config, --gcp-config or the options), of "
+                  "the model serving on the Vertex endpoint gcp.endpoint_name, from Vertex ML "
+                  "Metadata (application default credentials).")
   lineage.add_argument("--model", default="latest",
-                       help="'latest' pushed, or a Model artifact id (default: %(default)s)")
+                       help="'latest' pushed, or a Model artifact id of the workdir; on Vertex "
+                            "'latest' only (default: %(default)s)")
   lineage.add_argument("--workdir", default=Config().workdir,
                        help="the workdir of the runs (default: %(default)s)")
+  options.add_gcp_arguments(lineage)
+  lineage.add_argument("--vertex-api-endpoint", default=None,
+                       help="Vertex AI API host or URL (default: REGION-aiplatform.googleapis.com)")
   lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
   lineage.add_argument("--graph", default=None, metavar="PNG",
                        help="also draw the chain as a picture into this PNG file")

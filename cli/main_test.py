@@ -1,4 +1,5 @@
 """Tests of the `rlops` command line, as a user runs it."""
+import base64
 import json
 import os
 import pathlib
@@ -11,8 +12,8 @@ import pytest
 from cli import main as cli
 from cli import options
 from rlops import workdirs
-from rlops.config import Config
-from tfx_pipeline import metadata
+from rlops.config import Config, GcpConfig
+from tfx_pipeline import metadata, recorded_vertex_api
 
 RLOPS = str(pathlib.Path(sys.executable).parent / "rlops")
 
@@ -140,6 +141,62 @@ def test_lineage_and_submit_arguments_are_checked(tmp_path, capsys):
                    "--workdir", str(tmp_path / "w")]) == 2
   assert "missing gcp setting(s): --project, --region" in _one_line_reason(
       capsys, "configuration error")
+
+
+def _service_account_key(path: pathlib.Path, email: str) -> None:
+  """A service account key file, for application default credentials."""
+  from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+  from cryptography.hazmat.primitives.asymmetric import rsa  # pylint: disable=import-outside-toplevel
+  key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+      serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+      serialization.NoEncryption())
+  path.write_text(json.dumps({
+      "type": "service_account", "project_id": "rlops-prod", "private_key_id": "1",
+      "private_key": key.decode(), "client_email": email, "client_id": "1",
+      "token_uri": "https://oauth2.googleapis.com/token"}))
+
+
+def test_lineage_of_the_model_a_vertex_endpoint_serves(tmp_path, capsys, monkeypatch):
+  with pytest.raises(SystemExit):
+    cli.main(["lineage", "--help"])
+  assert "from Vertex ML Metadata" in capsys.readouterr().out
+  email = "lineage-reader@rlops-prod.iam.gserviceaccount.com"
+  _service_account_key(tmp_path / "key.json", email)
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+  gcp = GcpConfig(project="rlops-prod", region="us-central1", bucket="gs://rlops-prod-bucket",
+                  dataset="rlops_logs", endpoint_name="rlops-endpoint",
+                  pipeline_image="r/pipeline:1", serving_image="r/serving:1")
+  config = tmp_path / "config.json"
+  config.write_text(Config(gcp=gcp).to_json())
+  missing = tmp_path / "missing.json"
+  missing.write_text(Config(gcp=GcpConfig(**{**gcp.__dict__, "endpoint_name": "gone"})).to_json())
+  responses = recorded_vertex_api.recorded_lineage()
+  no_endpoint = ('GET /v1/projects/rlops-prod/locations/us-central1/endpoints'
+                 '?filter=display_name="gone"')
+  graph = tmp_path / "lineage.png"
+  with recorded_vertex_api.RecordedVertexApi({**responses, no_endpoint: {}}) as api:
+    vertex = ["--vertex-api-endpoint", api.url]
+    assert cli.main(["lineage", "--config", str(config), *vertex, "--json",
+                     "--graph", str(graph)]) == 0
+    assert api.requests == list(responses)
+    chain = json.loads(capsys.readouterr().out)
+    assert cli.main(["lineage", "--config", str(config), *vertex]) == 0
+    text = capsys.readouterr().out
+    assert cli.main(["lineage", "--config", str(missing), *vertex]) == 4
+    assert "no endpoint named gone in projects/rlops-prod/locations/us-central1" in (
+        _one_line_reason(capsys, "workdir error"))
+    assert cli.main(["lineage", "--config", str(config), *vertex, "--model", "7103"]) == 2
+    assert "on Vertex, --model is 'latest'" in _one_line_reason(capsys, "configuration error")
+  assert [link["pipeline_run"] for link in chain] == [
+      "rlops-movielens-retrain-2-1714564800-1714651200",
+      "rlops-movielens-startup-1-0-1714564800"]
+  assert [link["model"]["id"] for link in chain] == ["7203", "7103"]
+  assert graph.stat().st_size > 10_000
+  assert "warm-started from:\n  model 7103 (linucb, 2000 records)" in text
+  assert "generator execution 3101: 2000 records by uniform_random" in text
+  # Application default credentials on the wire: a JWT the service account signed.
+  claims = api.authorizations[0].split(".")[1]
+  assert json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["iss"] == email
 
 
 def test_version():

@@ -30,7 +30,8 @@ RUN_BY = {
     "rlops pipeline": "cli/main_test.py::test_workdir_state_is_checked_before_any_work; "
                       "tests/notebook_test.py::test_walkthrough_runs_top_to_bottom",
     "rlops lineage": "tests/pipeline_e2e_test.py::test_startup_then_retraining_with_gate_and_"
-                     "lineage",
+                     "lineage; cli/main_test.py::test_lineage_of_the_model_a_vertex_endpoint_"
+                     "serves (--config: Vertex, recorded responses)",
     "rlops evaluate": "cli/evaluate_test.py::test_ranks_settings_from_the_warehouse_and_writes_the_"
                       "best",
     "rlops replay-dead-letters": "cli/main_test.py::test_replay_dead_letters_delivers_rows_the_"
