@@ -396,11 +396,15 @@ def _vertex_lineage(args: argparse.Namespace) -> List[dict]:
   if args.model != "latest":
     raise ConfigError(f"on Vertex, --model is 'latest' (the model {gcp.endpoint_name} serves), "
                       f"got {args.model!r}")
+  from google.auth import exceptions  # pylint: disable=import-outside-toplevel
   from tfx_pipeline import vertex_metadata  # pylint: disable=import-outside-toplevel
-  vertex = vertex_metadata.VertexMetadata(gcp.project, gcp.region,
-                                          api_endpoint=args.vertex_api_endpoint)
   try:
+    vertex = vertex_metadata.VertexMetadata(gcp.project, gcp.region,
+                                            api_endpoint=args.vertex_api_endpoint)
     return vertex.lineage(gcp.endpoint_name)
+  except exceptions.DefaultCredentialsError as error:
+    raise ConfigError(f"no Google Cloud credentials ({error}): run `gcloud auth "
+                      "application-default login`") from error
   except vertex_metadata.NotFound as error:
     raise WorkdirError(str(error)) from error
 

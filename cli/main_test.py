@@ -197,6 +197,12 @@ def test_lineage_of_the_model_a_vertex_endpoint_serves(tmp_path, capsys, monkeyp
   # Application default credentials on the wire: a JWT the service account signed.
   claims = api.authorizations[0].split(".")[1]
   assert json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["iss"] == email
+  # Without credentials: the one-line reason, before any request.
+  monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud-login"))
+  monkeypatch.setenv("NO_GCE_CHECK", "True")  # Not on Google Cloud: no metadata server.
+  assert cli.main(["lineage", "--config", str(config)]) == 2
+  assert "gcloud auth application-default login" in _one_line_reason(capsys, "configuration error")
 
 
 def test_version():
