@@ -3,16 +3,11 @@ emulator, a push subscription delivers to the Logger served by functions-framewo
 a Logger failure is redelivered until the rows are stored.
 
 The emulator ships with the Cloud CLI (`gcloud beta emulators pubsub start`); the
-test starts and stops it, and skips where it is absent.
+`pubsub_emulator` fixture starts and stops it, and skips where it is absent.
 """
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
 import time
 
-import httpx
 import pytest
 
 from functions import testing_utils
@@ -22,46 +17,8 @@ from rlops import warehouse as warehouse_lib
 PROJECT = "rlops-test"
 TOPIC = f"projects/{PROJECT}/topics/rlops-logs"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/rlops-logger"
-START_TIMEOUT_SECONDS = 90.0
 DELIVERY_TIMEOUT_SECONDS = 120.0
 LOGGER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
-
-
-@contextlib.contextmanager
-def _emulator(tmp_path):
-  """Yields the emulator's host:port; stops its whole process group on exit."""
-  if shutil.which("gcloud") is None:
-    pytest.skip("the Cloud CLI (gcloud), which ships the Pub/Sub emulator, is not installed")
-  host = f"127.0.0.1:{testing_utils.free_port()}"
-  log_path = tmp_path / "emulator.log"
-  (tmp_path / "emulator-data").mkdir()
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(
-        ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={host}",
-         f"--project={PROJECT}", f"--data-dir={tmp_path / 'emulator-data'}"],
-        env={**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
-             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-  try:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-      if process.poll() is not None:
-        pytest.skip(f"the Pub/Sub emulator did not start: {log_path.read_text()[-500:]}")
-      try:
-        httpx.get(f"http://{host}/", timeout=1.0)
-        break
-      except httpx.TransportError:
-        if time.monotonic() > deadline:
-          pytest.skip(f"the Pub/Sub emulator did not answer within {START_TIMEOUT_SECONDS} s")
-        time.sleep(0.5)
-    yield host
-  finally:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-      process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
 
 
 def _message(index):
@@ -81,15 +38,14 @@ def _wait_for(condition, timeout):
   return True
 
 
-def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_logger(
-    tmp_path, monkeypatch):
+@pytest.mark.usefixtures("pubsub_emulator")
+def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_logger(tmp_path):
   # The Logger fails while its warehouse folder is a file, as a store that is down would.
   blocked = tmp_path / "store"
   blocked.write_text("not a folder")
   warehouse_path = blocked / "warehouse.sqlite"
-  with _emulator(tmp_path) as host, testing_utils.functions_framework(
+  with testing_utils.functions_framework(
       LOGGER_SOURCE, "log_records", {"RLOPS_WAREHOUSE": str(warehouse_path)}) as logger_url:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
     from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     publisher.create_topic(name=TOPIC)

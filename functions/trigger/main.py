@@ -59,13 +59,15 @@ def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -
   second before `now`) and, with `threshold` or more, retrains on exactly that window."""
   if threshold < 1:
     raise ValueError(f"threshold must be positive, got {threshold}")
-  # TFX is needed only by the local path: the deployed function runs without it.
-  from tfx_pipeline import local_runner, metadata  # pylint: disable=import-outside-toplevel
+  # Only the local path reads ML Metadata: the deployed function runs without it. TFX, a long
+  # import, loads only once a retraining starts (`windows.submit_retraining`).
+  from tfx_pipeline import metadata  # pylint: disable=import-outside-toplevel
   with _exclusive(config.workdir) as acquired:
     if not acquired:
       return {"started": False, "reason": "a retraining run is in progress"}
     paths = workdirs.LocalPaths(config.workdir)
-    window = local_runner.next_window(metadata.connect(paths.metadata), now)
+    window = windows.next_window(metadata.last_trained_window(metadata.connect(paths.metadata)),
+                                 now)
     count, shortfall = 0, None
     if window is not None:
       store = warehouse_lib.Warehouse(paths.warehouse)
