@@ -1,6 +1,7 @@
 """The log transport for real, locally: the Pub/Sub sink publishes to Google's Pub/Sub
 emulator, a push subscription delivers to the Logger served by functions-framework, and
-a Logger failure is redelivered until the rows are stored.
+a Logger failure is redelivered until the rows are stored, and a message it keeps refusing
+is dead-lettered whole.
 
 The emulator ships with the Cloud CLI (`gcloud beta emulators pubsub start`); the
 `pubsub_emulator` fixture starts and stops it, and skips where it is absent.
@@ -79,3 +80,56 @@ def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_log
       assert sorted(records["request_id"]) == ["emulated-0", "emulated-1", "emulated-2"]
     finally:
       store.close()
+
+
+@pytest.mark.usefixtures("pubsub_emulator")
+def test_a_message_the_logger_keeps_refusing_is_dead_lettered_whole_and_replays(tmp_path):
+  """The dead-letter policy `rlops deploy` gives the Logger's subscription, with the fewest
+  attempts Pub/Sub allows: the message is kept on the dead-letter topic's subscription, and
+  published again once the store is back it is stored."""
+  from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
+  from google.protobuf import duration_pb2  # pylint: disable=import-outside-toplevel
+  topic, dead_letters = f"{TOPIC}-dl-test", f"projects/{PROJECT}/topics/rlops-logs-dead-letter"
+  kept = f"projects/{PROJECT}/subscriptions/rlops-logs-dead-letter"
+  blocked = tmp_path / "store"
+  blocked.write_text("not a folder")
+  warehouse_path = blocked / "warehouse.sqlite"
+  with testing_utils.functions_framework(
+      LOGGER_SOURCE, "log_records", {"RLOPS_WAREHOUSE": str(warehouse_path)}) as logger_url:
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    for name in (topic, dead_letters):
+      publisher.create_topic(name=name)
+    subscriber.create_subscription(name=kept, topic=dead_letters)
+    subscriber.create_subscription(request={
+        "name": f"{SUBSCRIPTION}-dl-test", "topic": topic, "ack_deadline_seconds": 10,
+        "push_config": {"push_endpoint": logger_url},
+        "dead_letter_policy": {"dead_letter_topic": dead_letters, "max_delivery_attempts": 5},
+        "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=1),
+                         "maximum_backoff": duration_pb2.Duration(seconds=2)}})
+    log_sinks.PubSubSink(topic, publisher=publisher).deliver(_message(7))
+
+    pulled = []
+    def dead_lettered():
+      pulled.extend(subscriber.pull(request={"subscription": kept, "max_messages": 10,
+                                             "return_immediately": True},
+                                    timeout=10).received_messages)
+      return bool(pulled)
+    assert _wait_for(dead_lettered, DELIVERY_TIMEOUT_SECONDS)
+    assert not os.path.exists(warehouse_path)
+    message = pulled[0].message
+    assert message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert message.data == log_sinks.encode_message(_message(7))  # Whole, as published.
+    # Replayed: published again to the logs topic once the store is back.
+    blocked.unlink()
+    publisher.publish(topic, message.data).result(timeout=30)
+    subscriber.acknowledge(request={"subscription": kept, "ack_ids": [pulled[0].ack_id]})
+
+    def stored():
+      if not os.path.exists(warehouse_path):
+        return False
+      store = warehouse_lib.Warehouse(warehouse_path)
+      try:
+        return store.count_rewarded() == 1
+      finally:
+        store.close()
+    assert _wait_for(stored, DELIVERY_TIMEOUT_SECONDS)
