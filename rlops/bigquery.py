@@ -176,6 +176,11 @@ class BigQueryWarehouse:
     sql = f"SELECT COUNT(*) FROM ({warehouse_lib.training_query(begin, end, self.table_prefix)})"
     return next(iter(self._client.query(sql).result()))[0]
 
+  def count_unmatched_feedback(self, begin: float = 0.0, end: float = math.inf) -> int:
+    """Request_ids with feedback in [begin, end) and no prediction."""
+    sql = warehouse_lib.unmatched_feedback_query(begin, end, self.table_prefix)
+    return next(iter(self._client.query(sql).result()))[0]
+
   def close(self) -> None:
     self._client.close()
 

@@ -299,6 +299,11 @@ def test_count_rewarded_sends_the_local_training_query_with_the_dataset_prefix(t
         "query", "SELECT COUNT(*) FROM ("
         f"{warehouse_lib.training_query(begin, end, f'`{PROJECT}.{DATASET}`.')})", None)
   assert store.count_rewarded() == 6
+  local.insert_feedback([{**_feedback(0), "request_id": "forged"}])
+  assert store.count_unmatched_feedback() == local.count_unmatched_feedback() == 1
+  assert client.requests[-1] == (
+      "query", warehouse_lib.unmatched_feedback_query(0.0, math.inf,
+                                                      f"`{PROJECT}.{DATASET}`."), None)
 
 
 def test_open_warehouse(monkeypatch, tmp_path):

@@ -98,9 +98,23 @@ def feedback_values(row: Row) -> tuple:
   return record.values()
 
 
+def unmatched_feedback_query(begin: float, end: float, table_prefix: str = "") -> str:
+  """SQL counting the request_ids with feedback (begin <= its event_time < end) but no
+  prediction: kept apart, never joined (a forged or mistyped id, or a prediction log
+  that was lost or has not arrived yet)."""
+  where = f"event_time >= {_literal(begin)}"
+  if math.isfinite(end):
+    where += f" AND event_time < {_literal(end)}"
+  return (f"SELECT COUNT(DISTINCT request_id) FROM {table_prefix}feedback WHERE {where} "
+          f"AND request_id NOT IN (SELECT request_id FROM {table_prefix}predictions)")
+
+
 def count_query(begin: float, end: float, table_prefix: str = "") -> str:
-  """SQL counting the rows of `training_query`: the Trigger's question, on either store."""
-  return f"SELECT COUNT(*) AS records FROM ({training_query(begin, end, table_prefix)})"
+  """SQL of the Trigger's question on either store: `records`, the rows of
+  `training_query`, and `unmatched_feedback`, as `unmatched_feedback_query`."""
+  return (f"SELECT (SELECT COUNT(*) FROM ({training_query(begin, end, table_prefix)})) "
+          f"AS records, ({unmatched_feedback_query(begin, end, table_prefix)}) "
+          "AS unmatched_feedback")
 
 
 class Warehouse:
@@ -174,6 +188,10 @@ class Warehouse:
   def count_rewarded(self, begin: float = 0.0, end: float = float("inf")) -> int:
     """Number of predictions with feedback and begin <= event_time < end."""
     return self._query(count_query(begin, end))[0][0]
+
+  def count_unmatched_feedback(self, begin: float = 0.0, end: float = float("inf")) -> int:
+    """Request_ids with feedback in [begin, end) and no prediction."""
+    return self._query(unmatched_feedback_query(begin, end))[0][0]
 
   def rewarded_records(self, begin: float = 0.0,
                        end: float = float("inf")) -> Dict[str, np.ndarray]:

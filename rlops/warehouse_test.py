@@ -128,8 +128,21 @@ def test_training_and_count_queries_count_a_redelivered_request_once(tmp_path):
   rows = connection.execute(warehouse.training_query(0.0, float("inf"))).fetchall()
   assert [row[0] for row in rows] == ["r0", "r1", "r2"]
   assert [row[-1] for row in rows] == [f[2] for f in feedback]
-  assert connection.execute(warehouse.count_query(0.0, 2000.0)).fetchone() == (3,)
-  assert connection.execute(warehouse.count_query(1001.0, 1002.0)).fetchone() == (1,)
+  assert connection.execute(warehouse.count_query(0.0, 2000.0)).fetchone() == (3, 0)
+  assert connection.execute(warehouse.count_query(1001.0, 1002.0)).fetchone() == (1, 0)
+
+
+def test_feedback_without_a_prediction_is_counted_apart_and_never_joined(tmp_path):
+  store = warehouse.Warehouse(tmp_path / "warehouse.sqlite")
+  store.insert_predictions([_prediction(i) for i in range(2)])
+  store.insert_feedback([_feedback(0), {**_feedback(1), "request_id": "forged"},
+                         {**_feedback(2), "request_id": "lost"}])
+  assert store.count_rewarded() == 1
+  assert list(store.rewarded_records()["request_id"]) == ["r0"]
+  assert store.count_unmatched_feedback() == 2
+  store.insert_predictions([{**_prediction(5), "request_id": "lost"}])  # Arrived late.
+  assert store.count_unmatched_feedback() == 1
+  store.close()
 
 
 @pytest.mark.parametrize("change, problem", [

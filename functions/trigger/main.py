@@ -45,12 +45,14 @@ def _exclusive(workdir: str) -> Iterator[bool]:
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _waiting(window: Optional[windows.Window], count: int, threshold: int) -> Dict[str, Any]:
+def _waiting(window: Optional[windows.Window], count: int, unmatched: int,
+             threshold: int) -> Dict[str, Any]:
   """The outcome when the window holds fewer than `threshold` records: nothing started."""
   if window is None:
     return {"started": False, "new_records": 0,
             "reason": "no whole second has passed since the last trained window"}
-  return {"started": False, "new_records": count, "window": window.to_dict(),
+  return {"started": False, "new_records": count, "unmatched_feedback": unmatched,
+          "window": window.to_dict(),
           "reason": f"{count} new rewarded records in {window}, fewer than {threshold}"}
 
 
@@ -68,21 +70,23 @@ def maybe_retrain(config: Config, threshold: int, now: Optional[float] = None) -
     paths = workdirs.LocalPaths(config.workdir)
     window = windows.next_window(metadata.last_trained_window(metadata.connect(paths.metadata)),
                                  now)
-    count, shortfall = 0, None
+    count, unmatched, shortfall = 0, 0, None
     if window is not None:
       store = warehouse_lib.Warehouse(paths.warehouse)
       try:
         count = store.count_rewarded(window.begin, window.end)
+        unmatched = store.count_unmatched_feedback(window.begin, window.end)
         if count < threshold:
           shortfall = served_reward_shortfall(config, store, window, count)
       finally:
         store.close()
     if window is None or (count < threshold and shortfall is None):
-      return _waiting(window, count, threshold)
+      return _waiting(window, count, unmatched, threshold)
     reason = (f"{count} new rewarded records, at least {threshold}" if shortfall is None else
               f"early: served reward {shortfall:.3f} below the serving model's prediction "
               f"on {count} new records")
-    return {"started": True, "new_records": count, "window": window.to_dict(), "reason": reason,
+    return {"started": True, "new_records": count, "unmatched_feedback": unmatched,
+            "window": window.to_dict(), "reason": reason,
             "result": windows.submit_retraining(config, window)}
 
 
@@ -121,22 +125,24 @@ def maybe_submit_retraining(config: Config, threshold: int, template_path: str,
     return {"started": False, "reason": "no run of this pipeline has succeeded yet: "
                                         "run the startup pipeline first"}
   window = windows.next_window(last, now, lateness=config.pipeline.feedback_lateness)
-  count = 0
+  count = unmatched = 0
   if window is not None:
     if bigquery_client is None:
       from google.cloud import bigquery  # pylint: disable=import-outside-toplevel
       bigquery_client = bigquery.Client(project=gcp.project)
     sql = warehouse_lib.count_query(window.begin, window.end, gcp.table_prefix)
-    count = next(iter(bigquery_client.query(sql).result()))["records"]
+    row = next(iter(bigquery_client.query(sql).result()))
+    count, unmatched = row["records"], row["unmatched_feedback"]
   if window is None or count < threshold:
-    return _waiting(window, count, threshold)
+    return _waiting(window, count, unmatched, threshold)
   try:
     submitted = windows.submit_retraining(config, window, template_path=template_path,
                                           aiplatform=aiplatform)
   except exceptions.AlreadyExists:
     return {"started": False, "new_records": count, "window": window.to_dict(),
             "reason": f"the job of {window} exists already"}
-  return {"started": True, "new_records": count, "window": window.to_dict(), **submitted}
+  return {"started": True, "new_records": count, "unmatched_feedback": unmatched,
+          "window": window.to_dict(), **submitted}
 
 
 def tick_time(cloud_event) -> float:

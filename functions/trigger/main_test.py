@@ -147,6 +147,8 @@ def test_production_trigger_counts_in_bigquery_sql_and_submits_once(tmp_path):
                                "action": 0, "propensity": 0.5, "model_version": "1",
                                "source": "endpoint"}])
     store.insert_feedback([{"request_id": rid, "event_time": event_time, "reward": 1.0}])
+  store.insert_feedback([{"request_id": "no-such-prediction", "event_time": 1500.0,
+                          "reward": 1.0}])
   store.close()
   template = "gs://my-rlops-bucket/retrain.json"
 
@@ -154,6 +156,7 @@ def test_production_trigger_counts_in_bigquery_sql_and_submits_once(tmp_path):
   outcome = trigger.maybe_submit_retraining(config, 8, template, _FakeAiplatform(window_end=1000.0),
                                             bigquery)
   assert not outcome["started"] and outcome["new_records"] == 7
+  assert outcome["unmatched_feedback"] == 1  # Counted apart, not trained on.
   assert "`my-rlops-project.rlops`.predictions" in bigquery.queries[0]
 
   vertex = _FakeAiplatform(window_end=1000.0)
