@@ -1,9 +1,10 @@
 """Does the loop visibly learn? Issue 11's targets, on the loop reduced to its learning.
 
 Runs `rlops.learning_loop` (startup on a few hundred uniformly logged records,
-then rounds of serving with inverse-gap exploration and warm-started
-retraining) beside uniform random and TF-Agents' online LinUCB on the same
-users, for 20 and 100 movies; then a drift (the movie factors permuted) with
+then rounds of serving with inverse-gap exploration, optimistic gaps
+(`rlops.config.LEARNING_LOOP_AGENT`) and warm-started retraining) beside
+uniform random and TF-Agents' online LinUCB on the same users, for 20 and 100
+movies; then a drift (the movie factors permuted) with
 and without the recency mechanism (forgetting factor, and the exploration's
 record count restarted when the served reward falls below the model's
 prediction). Prints every figure and whether each target is met (it never
@@ -12,6 +13,7 @@ fails on a target); writes a JSON and a PNG.
   .venv/bin/python bench/learning_loop.py [--data u.data] [--rounds 6] [--requests 2000]
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,7 +28,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 import numpy as np
 
 from rlops import learning_loop, movielens, plots, simulation
-from rlops.config import AgentConfig
+from rlops.config import LEARNING_LOOP_AGENT, AgentConfig
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 RANK_K = 20
@@ -60,7 +62,10 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--requests", type=int, default=2000, help="requests per round")
   parser.add_argument("--drift-at-round", type=int, default=4)
-  parser.add_argument("--gamma-scale", type=float, default=20.0)
+  parser.add_argument("--gamma-scale", type=float, default=LEARNING_LOOP_AGENT["gamma_scale"])
+  parser.add_argument("--optimism", type=float, default=LEARNING_LOOP_AGENT["optimism"])
+  parser.add_argument("--tikhonov-weight", type=float,
+                      default=LEARNING_LOOP_AGENT["tikhonov_weight"])
   parser.add_argument("--movies", default="20,100", help="settings, comma-separated")
   parser.add_argument("--output-dir", type=pathlib.Path,
                       default=pathlib.Path(__file__).resolve().parent / "results")
@@ -68,7 +73,8 @@ def main() -> None:
   ratings = (movielens.load_ratings(args.data) if args.data
              else movielens.generate_ratings(args.seed))
   args.output_dir.mkdir(parents=True, exist_ok=True)
-  rule = AgentConfig(exploration="inverse_gap", gamma_scale=args.gamma_scale)
+  rule = AgentConfig(**{**LEARNING_LOOP_AGENT, "gamma_scale": args.gamma_scale,
+                        "optimism": args.optimism, "tikhonov_weight": args.tikhonov_weight})
   figures, curves, verdicts = {}, {}, []
 
   for num_movies in (int(m) for m in args.movies.split(",")):
@@ -106,8 +112,7 @@ def main() -> None:
   recoveries = {}
   for name, settings in (("with recency", RECENT), ("without recency", {})):
     result = learning_loop.run(
-        model, AgentConfig(exploration="inverse_gap", gamma_scale=args.gamma_scale,
-                           forgetting=settings.get("forgetting", 1.0)),
+        model, dataclasses.replace(rule, forgetting=settings.get("forgetting", 1.0)),
         args.startup, drift_rounds, args.requests, seed=args.seed,
         drift_at_round=args.drift_at_round,
         restart_shortfall=settings.get("restart_shortfall"), progress=True)

@@ -13,7 +13,7 @@ from typing import List, Optional
 from cli import options
 from cli.options import WorkdirError, config_from_args
 from rlops import movielens, workdirs
-from rlops.config import Config, ConfigError
+from rlops.config import LEARNING_LOOP_AGENT, Config, ConfigError
 
 # Startup samples of the demo: few, so that the loop visibly learns from its own logs.
 COLD_START_SAMPLES = 300
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "pipeline, endpoint, simulated traffic, triggered retrainings")
   # A cold start, served with exploration that shrinks as the model learns: round 1 serves a
   # weak model, and the rounds show the loop improving it from its own logs.
-  options.add_config_arguments(demo, samples=COLD_START_SAMPLES, exploration="inverse_gap")
+  options.add_config_arguments(demo, samples=COLD_START_SAMPLES, **LEARNING_LOOP_AGENT)
   demo.add_argument("--rounds", type=int, default=4,
                     help="rounds of traffic (default: %(default)s)")
   demo.add_argument("--requests", type=int, default=2000,

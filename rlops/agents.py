@@ -137,6 +137,21 @@ def estimated_rewards_fn(agent: tf_agent.TFAgent) -> Callable:
   raise TypeError(f"no reward estimates for {type(agent).__name__}")
 
 
+def exploration_probabilities(agent: tf_agent.TFAgent, rule: AgentConfig,
+                              trained_records: float, observations: tf.Tensor) -> tf.Tensor:
+  """[batch, K] exact probabilities of the serving policy: `exploration.probabilities` over
+  the agent's estimated rewards and, with the rule's optimism, the linear upper bounds."""
+  if rule.optimism:
+    if not isinstance(agent, linear_bandit_agent.LinearBanditAgent):
+      raise TypeError(f"optimism needs a linear agent, got {type(agent).__name__}")
+    arms = linear_arms(agent)
+    return exploration.probabilities(linear_scores(arms, observations, alpha=0.0), rule,
+                                      trained_records,
+                                      linear_scores(arms, observations, alpha=rule.optimism))
+  return exploration.probabilities(estimated_rewards_fn(agent)(observations), rule,
+                                    trained_records)
+
+
 class ExactExplorationPolicy(tf_policy.TFPolicy):
   """The serving policy: an exploration rule over the agent's estimated rewards.
 
@@ -154,7 +169,6 @@ class ExactExplorationPolicy(tf_policy.TFPolicy):
     if spec.minimum != 0:
       raise ValueError(f"actions must start at 0, got minimum {spec.minimum}")
     self._agent = agent
-    self._estimated_rewards = estimated_rewards_fn(agent)
     self._rule = rule
     self._trained_records = float(trained_records)
     super().__init__(agent.time_step_spec, spec, emit_log_probability=True, name=name)
@@ -164,9 +178,8 @@ class ExactExplorationPolicy(tf_policy.TFPolicy):
 
   def probabilities(self, time_step) -> tf.Tensor:
     """[batch, K] probability of each arm."""
-    observations = tf.cast(time_step.observation, tf.float32)
-    return exploration.probabilities(self._estimated_rewards(observations), self._rule,
-                                     self._trained_records)
+    return exploration_probabilities(self._agent, self._rule, self._trained_records,
+                                     tf.cast(time_step.observation, tf.float32))
 
   def _distribution(self, time_step, policy_state):
     distribution = tfp.distributions.Categorical(

@@ -65,8 +65,13 @@ class AgentConfig:
     learning_rate: Adam learning rate of the neural agent.
     exploration: The serving policy's rule, one of EXPLORATION_RULES (see
       `rlops.exploration`): inverse_gap explores less as the model learns.
-      `rlops demo` defaults to inverse_gap.
+      `rlops demo` serves LEARNING_LOOP_AGENT's settings.
     gamma_scale: inverse_gap's gamma = gamma_scale * sqrt(records trained on).
+    optimism: inverse_gap with a linear agent: each arm's gap to the greedy
+      arm is measured to its ridge mean plus `optimism` times the width
+      sqrt(x' A^-1 x) of that mean, never below 0. Arms the model knows little
+      about are then still tried (with at most 1 / K each) until their data
+      rule them out, while the greedy arm stays the best mean. 0: plain gaps.
     propensity_floor: Least probability of any arm in serving, in [0, 1 / K].
     forgetting: Linear agents' forgetting factor in (0, 1]: before each
       training batch their statistics are multiplied by it, so older data
@@ -84,6 +89,7 @@ class AgentConfig:
   learning_rate: float = 0.005
   exploration: str = "epsilon_greedy"
   gamma_scale: float = 20.0
+  optimism: float = 0.0
   propensity_floor: float = 0.0
   forgetting: float = 1.0
   drift_shortfall: Optional[float] = 0.5
@@ -116,6 +122,11 @@ class AgentConfig:
                         f"{', '.join(EXPLORATION_RULES)}")
     if self.gamma_scale <= 0:
       raise ConfigError(f"gamma_scale must be positive, got {self.gamma_scale}")
+    if self.optimism < 0:
+      raise ConfigError(f"optimism must be non-negative, got {self.optimism}")
+    if self.optimism and not (self.is_linear and self.exploration == "inverse_gap"):
+      raise ConfigError("optimism needs a linear agent (linucb, lints) and the inverse_gap "
+                        f"rule, got {self.name} with {self.exploration}")
     if not 0.0 <= self.propensity_floor < 1.0:
       raise ConfigError(f"propensity_floor must be in [0, 1), got {self.propensity_floor}")
     if not 0.0 < self.forgetting <= 1.0:
@@ -123,6 +134,13 @@ class AgentConfig:
     if self.drift_shortfall is not None and self.drift_shortfall <= 0:
       raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
+
+# The agent settings of the learning loop (`rlops demo`, bench/learning_loop.py), as
+# AgentConfig fields: inverse-gap exploration with optimistic gaps, whose cost falls as the
+# model learns, on a ridge weak enough to learn from a cold start. AgentConfig's own
+# defaults stay TF-Agents' LinUCB served epsilon-greedy.
+LEARNING_LOOP_AGENT = {"exploration": "inverse_gap", "gamma_scale": 160.0, "optimism": 1.0,
+                       "tikhonov_weight": 0.1}
 
 GATE_METRICS = ("dr", "snips", "ips", "oracle")
 

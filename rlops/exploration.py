@@ -10,7 +10,9 @@ Rules:
                   non-greedy arm a gets 1 / (K + gamma * (r_best - r_a)), the
                   greedy arm the rest, with gamma = gamma_scale * sqrt(n) for a
                   model trained on n records: exploration shrinks as it learns,
-                  and clearly bad arms are tried least.
+                  and clearly bad arms are tried least. With upper bounds
+                  (the rule's `optimism`), each gap is measured to the arm's
+                  upper bound, never below 0.
   epsilon_greedy  Every arm epsilon / K, the greedy arm 1 - epsilon on top.
 The propensity floor is the least probability of any arm (at most 1 / K).
 """
@@ -28,7 +30,7 @@ def gamma(gamma_scale: float, trained_records: float) -> float:
   return gamma_scale * math.sqrt(max(float(trained_records), 1.0))
 
 
-def probabilities(estimated_rewards, rule, trained_records: float):
+def probabilities(estimated_rewards, rule, trained_records: float, upper_bounds=None):
   """[n, K] exact action probabilities of the exploration `rule` over estimated rewards.
 
   Args:
@@ -37,6 +39,8 @@ def probabilities(estimated_rewards, rule, trained_records: float):
     rule: The agent's exploration settings (`rlops.config.AgentConfig`): its
       `exploration` (one of EXPLORATION_RULES), `epsilon`, `gamma_scale` and `propensity_floor`.
     trained_records: Records the model was trained on (inverse_gap's gamma).
+    upper_bounds: [n, K] optimistic estimates of the same kind, or None: the
+      estimates themselves (inverse_gap only).
 
   Returns:
     [n, K] probabilities, rows summing to 1, of the input's kind (float64 for
@@ -47,13 +51,15 @@ def probabilities(estimated_rewards, rule, trained_records: float):
     raise ValueError(f"unknown exploration rule {rule.exploration!r}; "
                      f"choose one of {', '.join(EXPLORATION_RULES)}")
   if tf.is_tensor(estimated_rewards):
-    xp, rewards = tnp, estimated_rewards
+    xp, rewards, upper = tnp, estimated_rewards, upper_bounds
   else:
     xp, rewards = np, np.asarray(estimated_rewards, np.float64)
+    upper = None if upper_bounds is None else np.asarray(upper_bounds, np.float64)
   num_actions = int(rewards.shape[-1])
   greedy = xp.equal(xp.expand_dims(xp.argmax(rewards, axis=-1), -1), xp.arange(num_actions))
   if rule.exploration == "inverse_gap":
-    gap = xp.max(rewards, axis=-1, keepdims=True) - rewards
+    gap = xp.maximum(xp.max(rewards, axis=-1, keepdims=True)
+                     - (rewards if upper is None else upper), 0.0)
     others = 1.0 / (num_actions + gamma(rule.gamma_scale, trained_records) * gap)
   else:
     others = xp.full_like(rewards, rule.epsilon / num_actions)

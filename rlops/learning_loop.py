@@ -44,9 +44,9 @@ class LoopResult:
 def expected_regret(agent, rule: AgentConfig, trained_records: float,
                     model: simulation.MovieLensModel) -> float:
   """Exact expected regret over all users of the agent's serving policy under `rule`."""
-  estimates = agents.estimated_rewards_fn(agent)(tf.constant(model.user_vectors)).numpy()
-  return exploration.expected_regret(
-      exploration.probabilities(estimates, rule, trained_records), model.approx_ratings)
+  probabilities = agents.exploration_probabilities(agent, rule, trained_records,
+                                                   tf.constant(model.user_vectors))
+  return exploration.expected_regret(probabilities.numpy(), model.approx_ratings)
 
 
 def served_users(model: simulation.MovieLensModel, rounds: int, requests_per_round: int,
@@ -104,7 +104,8 @@ def run(model: simulation.MovieLensModel, rule: AgentConfig, startup_samples: in
     round_users = schedule[index]
     observations = world.observe(round_users)
     estimates = estimate(tf.constant(observations)).numpy()
-    probabilities = exploration.probabilities(estimates, rule, records)
+    probabilities = agents.exploration_probabilities(agent, rule, records,
+                                                     tf.constant(observations)).numpy()
     cumulative = probabilities.cumsum(axis=1)
     draws = rng.random((len(round_users), 1))
     actions = np.minimum((cumulative < draws).sum(axis=1), world.num_movies - 1).astype(np.int32)

@@ -20,12 +20,15 @@ class ServingModel:
   rank_k: int
   rule: AgentConfig
   trained_records: float
-  estimated_rewards: Callable[[np.ndarray], np.ndarray]
+  # observations -> ([n, K] estimated rewards, [n, K] upper bounds or None), as
+  # agents.exploration_probabilities computes them.
+  estimates: Callable[[np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]
 
   def probabilities(self, observations: np.ndarray) -> np.ndarray:
     """[n, K] exact action probabilities for a [n, rank_k] float32 batch."""
-    return exploration.probabilities(self.estimated_rewards(observations), self.rule,
-                                     self.trained_records)
+    estimated_rewards, upper_bounds = self.estimates(observations)
+    return exploration.probabilities(estimated_rewards, self.rule, self.trained_records,
+                                     upper_bounds)
 
   def act(self, observations: np.ndarray,
           rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
@@ -39,7 +42,8 @@ class ServingModel:
   def describe(self) -> Dict[str, Any]:
     return {"version": self.version, "agent": self.agent, "num_actions": self.num_actions,
             "rank_k": self.rank_k, "exploration": self.rule.exploration,
-            "epsilon": self.rule.epsilon, "trained_records": self.trained_records}
+            "epsilon": self.rule.epsilon, "optimism": self.rule.optimism,
+            "trained_records": self.trained_records}
 
 
 def load_model(directory: str, version: Optional[str]) -> ServingModel:
@@ -61,19 +65,25 @@ def load_model(directory: str, version: Optional[str]) -> ServingModel:
   config = model_io.agent_config_of(metadata)
   rank_k = int(metadata["rank_k"])
   if config.is_linear:
-    theta_t = agents.linear_arms(agent).theta.numpy().T
+    arms = agents.linear_arms(agent)
+    theta_t = arms.theta.numpy().T
+    inverse_cov = arms.inverse_cov.numpy() if config.optimism else None
 
-    def estimated_rewards(observations):  # The ridge mean, as agents.estimated_rewards_fn.
-      return observations @ theta_t
+    def estimates(observations):  # agents.linear_scores in NumPy.
+      means = observations @ theta_t
+      if inverse_cov is None:
+        return means, None
+      variances = np.einsum("bi,kij,bj->bk", observations, inverse_cov, observations)
+      return means, means + config.optimism * np.sqrt(np.maximum(variances, 0.0))
   else:
     estimate = tf.function(agents.estimated_rewards_fn(agent),
                            input_signature=[tf.TensorSpec([None, rank_k], tf.float32)])
 
-    def estimated_rewards(observations):
-      return estimate(observations).numpy()
+    def estimates(observations):
+      return estimate(observations).numpy(), None
   model = ServingModel(version=version, agent=config.name, num_actions=int(metadata["num_movies"]),
                        rank_k=rank_k, rule=config,
                        trained_records=model_io.trained_records_of(metadata),
-                       estimated_rewards=estimated_rewards)
+                       estimates=estimates)
   model.probabilities(np.zeros((1, rank_k), np.float32))  # Traces the neural rule before serving.
   return model

@@ -14,6 +14,7 @@ from rlops.serving import policy
 @pytest.mark.parametrize("config", [
     AgentConfig(name="neural_epsilon_greedy", epsilon=0.2, hidden_units=(8,)),
     AgentConfig(exploration="inverse_gap", gamma_scale=5.0, propensity_floor=0.01),
+    AgentConfig(name="lints", exploration="inverse_gap", gamma_scale=5.0, optimism=0.5),
 ])
 def test_the_endpoint_serves_the_saved_policys_exact_probabilities(tmp_path, config):
   model = testing.small_model()
