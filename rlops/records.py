@@ -48,9 +48,15 @@ def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> 
   return float(value)
 
 
+def _finite_float(x: Any) -> bool:
+  return type(x) is float and math.isfinite(x) and abs(x) <= MAX_ABS_VALUE
+
+
 def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
   if isinstance(value, np.ndarray) and value.ndim == 1:
     value = value.tolist()
+  if isinstance(value, list) and value and all(map(_finite_float, value)):
+    return tuple(value)  # The common case, without the numbers ABC's slow isinstance.
   if not isinstance(value, (list, tuple)) or not value or not all(
       isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
       and abs(x) <= MAX_ABS_VALUE for x in value):
