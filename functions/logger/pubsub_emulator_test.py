@@ -30,6 +30,17 @@ def _message(index):
           "feedback": [{"request_id": request_id, "event_time": 200.0 + index, "reward": 1.5}]}
 
 
+def _rewarded(warehouse_path) -> int:
+  """Rewarded records in the warehouse; 0 before the Logger created it."""
+  if not os.path.exists(warehouse_path):
+    return 0
+  store = warehouse_lib.Warehouse(warehouse_path)
+  try:
+    return store.count_rewarded()
+  finally:
+    store.close()
+
+
 def _wait_for(condition, timeout):
   deadline = time.monotonic() + timeout
   while not condition():
@@ -62,15 +73,7 @@ def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_log
     assert not os.path.exists(warehouse_path)
     blocked.unlink()
     # Redelivered once the store is back: every record, each once.
-    def stored():
-      if not os.path.exists(warehouse_path):
-        return False
-      store = warehouse_lib.Warehouse(warehouse_path)
-      try:
-        return store.count_rewarded() == 3
-      finally:
-        store.close()
-    assert _wait_for(stored, DELIVERY_TIMEOUT_SECONDS)
+    assert _wait_for(lambda: _rewarded(warehouse_path) == 3, DELIVERY_TIMEOUT_SECONDS)
     # A redelivered copy of an acknowledged message changes nothing.
     sink.deliver(_message(0))
     time.sleep(3.0)
@@ -123,13 +126,4 @@ def test_a_message_the_logger_keeps_refusing_is_dead_lettered_whole_and_replays(
     blocked.unlink()
     publisher.publish(topic, message.data).result(timeout=30)
     subscriber.acknowledge(request={"subscription": kept, "ack_ids": [pulled[0].ack_id]})
-
-    def stored():
-      if not os.path.exists(warehouse_path):
-        return False
-      store = warehouse_lib.Warehouse(warehouse_path)
-      try:
-        return store.count_rewarded() == 1
-      finally:
-        store.close()
-    assert _wait_for(stored, DELIVERY_TIMEOUT_SECONDS)
+    assert _wait_for(lambda: _rewarded(warehouse_path) == 1, DELIVERY_TIMEOUT_SECONDS)
