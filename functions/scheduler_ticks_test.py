@@ -79,23 +79,6 @@ def _printed(log_path: str, key: str) -> List[Dict[str, Any]]:
   return objects
 
 
-def _wait_for(condition, what: str) -> None:
-  deadline = time.monotonic() + DELIVERY_SECONDS
-  while not condition():
-    assert time.monotonic() < deadline, f"{what} within {DELIVERY_SECONDS} s"
-    time.sleep(0.2)
-
-
-def _rewarded(path: str) -> int:
-  if not os.path.exists(path):
-    return 0
-  store = warehouse_lib.Warehouse(path)
-  try:
-    return store.count_rewarded()
-  finally:
-    store.close()
-
-
 def test_simulator_tick_serves_predictions_logged_with_their_feedback(tmp_path, pubsub_emulator,
                                                                       clients):
   config = Config(data=DataConfig(seed=8), environment=EnvironmentConfig(num_movies=10, rank_k=4))
@@ -119,8 +102,8 @@ def test_simulator_tick_serves_predictions_logged_with_their_feedback(tmp_path, 
         log_path=simulator_log) as simulator_url:
       _push_topic(clients, "rlops-simulator-tick", simulator_url)
       _tick(clients, "rlops-simulator-tick")
-      _wait_for(lambda: _rewarded(warehouse) >= SIMULATOR_REQUESTS,
-                "every served prediction joined to its feedback")
+      testing_utils.wait_for(lambda: testing_utils.rewarded(warehouse) >= SIMULATOR_REQUESTS,
+                             DELIVERY_SECONDS, "every served prediction joined to its feedback")
       assert _pending(clients, "rlops-simulator-tick") == 0
     [summary] = _printed(simulator_log, "feedback_delivered")
     assert (summary["requests"], summary["predictions"], summary["feedback_delivered"]) == (
@@ -153,7 +136,8 @@ def test_trigger_tick_counts_the_new_records_and_waits_below_its_threshold(tmp_p
     _push_topic(clients, "rlops-trigger-tick", trigger_url)
     published = time.time()
     _tick(clients, "rlops-trigger-tick")
-    _wait_for(lambda: _printed(trigger_log, "started"), "the Trigger's decision")
+    testing_utils.wait_for(lambda: _printed(trigger_log, "started"), DELIVERY_SECONDS,
+                           "the Trigger's decision")
     assert _pending(clients, "rlops-trigger-tick") == 0
   [decision] = _printed(trigger_log, "started")
   assert not decision["started"] and decision["new_records"] == 3

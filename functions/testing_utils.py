@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import httpx
 import pytest
+
+from rlops import warehouse as warehouse_lib
 
 EMULATOR_START_SECONDS = 90.0
 
@@ -60,6 +62,25 @@ def functions_framework(source: str, target: str, env: Dict[str, str],
 
 def post(url: str, headers: Dict[str, str], body: dict, timeout: float = 120.0) -> httpx.Response:
   return httpx.post(url, headers=headers, json=body, timeout=timeout)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+  """Polls `condition` until it holds; fails the test naming `what` after `seconds`."""
+  deadline = time.monotonic() + seconds
+  while not condition():
+    assert time.monotonic() < deadline, f"{what} within {seconds} s"
+    time.sleep(0.2)
+
+
+def rewarded(warehouse_path: str) -> int:
+  """Rewarded records in the SQLite warehouse at `warehouse_path`; 0 before it exists."""
+  if not os.path.exists(warehouse_path):
+    return 0
+  store = warehouse_lib.Warehouse(warehouse_path)
+  try:
+    return store.count_rewarded()
+  finally:
+    store.close()
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ is dead-lettered whole.
 The emulator ships with the Cloud CLI (`gcloud beta emulators pubsub start`); the
 `pubsub_emulator` fixture starts and stops it, and skips where it is absent.
 """
+import contextlib
 import os
 import time
 
@@ -30,34 +31,21 @@ def _message(index):
           "feedback": [{"request_id": request_id, "event_time": 200.0 + index, "reward": 1.5}]}
 
 
-def _rewarded(warehouse_path) -> int:
-  """Rewarded records in the warehouse; 0 before the Logger created it."""
-  if not os.path.exists(warehouse_path):
-    return 0
-  store = warehouse_lib.Warehouse(warehouse_path)
-  try:
-    return store.count_rewarded()
-  finally:
-    store.close()
-
-
-def _wait_for(condition, timeout):
-  deadline = time.monotonic() + timeout
-  while not condition():
-    if time.monotonic() > deadline:
-      return False
-    time.sleep(0.5)
-  return True
-
-
-@pytest.mark.usefixtures("pubsub_emulator")
-def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_logger(tmp_path):
-  # The Logger fails while its warehouse folder is a file, as a store that is down would.
+@contextlib.contextmanager
+def _logger_over_a_store_that_is_down(tmp_path):
+  """Yields (Logger URL, bring the store back, warehouse path): the Logger served by
+  functions-framework fails while its warehouse folder is a file, as a store that is down."""
   blocked = tmp_path / "store"
   blocked.write_text("not a folder")
   warehouse_path = blocked / "warehouse.sqlite"
   with testing_utils.functions_framework(
       LOGGER_SOURCE, "log_records", {"RLOPS_WAREHOUSE": str(warehouse_path)}) as logger_url:
+    yield logger_url, blocked.unlink, str(warehouse_path)
+
+
+@pytest.mark.usefixtures("pubsub_emulator")
+def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_logger(tmp_path):
+  with _logger_over_a_store_that_is_down(tmp_path) as (logger_url, store_back, warehouse_path):
     from google.cloud import pubsub_v1  # pylint: disable=import-outside-toplevel
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     publisher.create_topic(name=TOPIC)
@@ -71,9 +59,10 @@ def test_published_logs_reach_the_warehouse_through_a_failing_then_recovered_log
     # Pushed and refused: nothing is stored, nothing acknowledged.
     time.sleep(3.0)
     assert not os.path.exists(warehouse_path)
-    blocked.unlink()
+    store_back()
     # Redelivered once the store is back: every record, each once.
-    assert _wait_for(lambda: _rewarded(warehouse_path) == 3, DELIVERY_TIMEOUT_SECONDS)
+    testing_utils.wait_for(lambda: testing_utils.rewarded(warehouse_path) == 3,
+                           DELIVERY_TIMEOUT_SECONDS, "the redelivered records stored")
     # A redelivered copy of an acknowledged message changes nothing.
     sink.deliver(_message(0))
     time.sleep(3.0)
@@ -94,11 +83,7 @@ def test_a_message_the_logger_keeps_refusing_is_dead_lettered_whole_and_replays(
   from google.protobuf import duration_pb2  # pylint: disable=import-outside-toplevel
   topic, dead_letters = f"{TOPIC}-dl-test", f"projects/{PROJECT}/topics/rlops-logs-dead-letter"
   kept = f"projects/{PROJECT}/subscriptions/rlops-logs-dead-letter"
-  blocked = tmp_path / "store"
-  blocked.write_text("not a folder")
-  warehouse_path = blocked / "warehouse.sqlite"
-  with testing_utils.functions_framework(
-      LOGGER_SOURCE, "log_records", {"RLOPS_WAREHOUSE": str(warehouse_path)}) as logger_url:
+  with _logger_over_a_store_that_is_down(tmp_path) as (logger_url, store_back, warehouse_path):
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     for name in (topic, dead_letters):
       publisher.create_topic(name=name)
@@ -117,13 +102,14 @@ def test_a_message_the_logger_keeps_refusing_is_dead_lettered_whole_and_replays(
                                              "return_immediately": True},
                                     timeout=10).received_messages)
       return bool(pulled)
-    assert _wait_for(dead_lettered, DELIVERY_TIMEOUT_SECONDS)
+    testing_utils.wait_for(dead_lettered, DELIVERY_TIMEOUT_SECONDS, "the dead-lettered message")
     assert not os.path.exists(warehouse_path)
     message = pulled[0].message
     assert message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
     assert message.data == log_sinks.encode_message(_message(7))  # Whole, as published.
     # Replayed: published again to the logs topic once the store is back.
-    blocked.unlink()
+    store_back()
     publisher.publish(topic, message.data).result(timeout=30)
     subscriber.acknowledge(request={"subscription": kept, "ack_ids": [pulled[0].ack_id]})
-    assert _wait_for(lambda: _rewarded(warehouse_path) == 1, DELIVERY_TIMEOUT_SECONDS)
+    testing_utils.wait_for(lambda: testing_utils.rewarded(warehouse_path) == 1,
+                           DELIVERY_TIMEOUT_SECONDS, "the replayed records stored")
