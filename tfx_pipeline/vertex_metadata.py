@@ -40,6 +40,14 @@ def _resource_id(name: str) -> str:
   return name.rsplit("/", 1)[-1]
 
 
+def _node(executions: Dict[str, Any], node: str, artifact) -> Any:
+  """The execution of pipeline node `node` among `executions` (by display name)."""
+  if node not in executions:
+    raise NotFound(f"no {node} execution next to {artifact.name} in Vertex ML Metadata "
+                   f"(found: {', '.join(sorted(executions)) or 'none'})")
+  return executions[node]
+
+
 def _pipeline_job_id(uri: str) -> str:
   """The PipelineJob that wrote an output artifact: Vertex writes it to
   `<pipeline root>/<project number>/<job id>/<task>_<task id>/<output key>`."""
@@ -154,14 +162,14 @@ class VertexMetadata:
     """The upstream chain of the model the endpoint serves, newest first, as
     `metadata.lineage` gives it; artifact and execution ids are Vertex's."""
     pushed = self.pushed_model(self.serving_model(endpoint_name))
-    pusher = self._neighbours(pushed)[0][PUSHER]
+    pusher = _node(self._neighbours(pushed)[0], PUSHER, pushed)
     model = self._artifacts(pusher)[0][MODEL_TYPE][0]
     chain = []
     while model is not None:
       producers, consumers = self._neighbours(model)
-      trainer_inputs = self._artifacts(producers[TRAINER])[0]
+      trainer_inputs = self._artifacts(_node(producers, TRAINER, model))[0]
       examples = trainer_inputs[EXAMPLES_TYPE][0]
-      ingester = self._neighbours(examples)[0][INGESTER]
+      ingester = _node(self._neighbours(examples)[0], INGESTER, examples)
       job_id = _pipeline_job_id(examples.uri)
       store = ingester.name.rsplit("/executions/", 1)[0]
       model_fields = _fields(model)

@@ -64,6 +64,16 @@ def _without_deployed_models(responses):
   return {LIST_ENDPOINTS: {"endpoints": [endpoint]}}
 
 
+def _trainer_renamed(responses):
+  """The model's lineage as if Vertex named the Trainer's execution after its task."""
+  request = next(r for r in responses if "artifacts/7203:queryArtifactLineageSubgraph" in r)
+  graph = json.loads(json.dumps(responses[request]))
+  for execution in graph["executions"]:
+    if execution["displayName"] == "Trainer":
+      execution["displayName"] = "trainer-task"
+  return {request: graph}
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda responses: {LIST_ENDPOINTS: {}},
      f"no endpoint named {ENDPOINT} in projects/{PROJECT}/locations/{REGION}"),
@@ -72,7 +82,10 @@ def _without_deployed_models(responses):
     (lambda responses: {next(r for r in responses if "tfx.PushedModel" in r): {}},
      f"model {LOCATION}/models/2002 (gs://rlops-prod-bucket/pipeline_root/123456789012/"
      f"{RETRAIN}/Pusher_3205/pushed_model) is no PushedModel"),
-], ids=["no endpoint", "no deployed model", "model not in metadata"])
+    (_trainer_renamed,
+     f"no Trainer execution next to projects/123456789012/locations/{REGION}/metadataStores/"
+     "default/artifacts/7203 in Vertex ML Metadata (found:"),
+], ids=["no endpoint", "no deployed model", "model not in metadata", "no Trainer execution"])
 def test_what_is_missing_on_vertex_is_named(change, message):
   responses = recorded_vertex_api.recorded_lineage()
   with recorded_vertex_api.RecordedVertexApi({**responses, **change(responses)}) as api:
