@@ -10,8 +10,9 @@
 
 The predict route is a raw ASGI handler: no per-request framework work. Every
 prediction is appended to the outbox before it is answered; a request_id
-served before is answered with the same prediction again (not logged twice),
-or refused with 409 when its observation differs.
+served before, by any worker process, is answered with the same prediction
+again (not logged twice), or refused with 409 when its observation differs or
+a concurrent request is serving it.
 """
 import contextlib
 import json
@@ -62,7 +63,7 @@ _ERROR_SCHEMA = {"type": "object", "required": ["error"],
 _ERRORS = {
     "400": "Invalid request, or a row the warehouse could not store; nothing was predicted.",
     "405": "Not a POST.",
-    "409": "A request_id already served for another observation.",
+    "409": "A request_id already served for another observation, or being served right now.",
     "413": "Body larger than the configured limit.",
     "415": "Content type other than application/json.",
     "503": "No model loaded yet, or the prediction log cannot be written.",
@@ -127,8 +128,7 @@ class Predictor:
       observations, sent, request_ids = parsing.parse_instances(body, model.rank_k,
                                                                 self.max_instances)
       keys = [observation.tobytes() for observation in observations]
-      predictions = [self._served.lookup(request_id, key)
-                     for request_id, key in zip(request_ids, keys)]
+      predictions = self._served.reserve_all(request_ids, keys)
     except recent.ReusedRequestId as error:
       stats["conflicts"] += 1
       return 409, {"error": str(error)}
@@ -137,10 +137,11 @@ class Predictor:
       return 400, {"error": str(error)}
     new = [index for index, prediction in enumerate(predictions) if prediction is None]
     if new:
-      rows = self._act(model, observations if len(new) == len(sent) else observations[new],
-                       [sent[index] for index in new], [request_ids[index] for index in new])
       try:
-        self._logger.append(rows)
+        rows = self._act_and_log(model,
+                                 observations if len(new) == len(sent) else observations[new],
+                                 [sent[index] for index in new],
+                                 [request_ids[index] for index in new])
       except ValueError as error:  # Not storable: the warehouse would reject it.
         stats["bad_requests"] += 1
         return 400, {"error": str(error)}
@@ -154,7 +155,7 @@ class Predictor:
         predictions[index] = {"action": row["action"], "propensity": row["propensity"],
                               "request_id": row["request_id"],
                               "model_version": row["model_version"]}
-        self._served.add(keys[index], predictions[index])
+        self._served.fill(keys[index], predictions[index])
       stats["predictions"] += len(new)
     stats["repeated"] += len(predictions) - len(new)
     return 200, {"predictions": predictions}
@@ -169,6 +170,18 @@ class Predictor:
              "model_version": model.version, "source": "endpoint"}
             for request_id, observation, action, propensity
             in zip(request_ids, sent, actions.tolist(), propensities.tolist())]
+
+  def _act_and_log(self, model, observations: np.ndarray, sent: List[list],
+                   request_ids: List[str]) -> List[Dict[str, Any]]:
+    """The rows of new requests, appended to the outbox; if not, their ids are released."""
+    try:
+      rows = self._act(model, observations, sent, request_ids)
+      self._logger.append(rows)
+    except BaseException:
+      for request_id in request_ids:
+        self._served.release(request_id)
+      raise
+    return rows
 
 
 class PredictRoute:
@@ -223,7 +236,8 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
                predict_route: str = "/predict", health_route: str = "/health",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                compact_bytes: int = outbox.DEFAULT_COMPACT_BYTES,
-               recent_ids: int = 100_000) -> fastapi.FastAPI:
+               recent_ids: int = 100_000,
+               served: Optional[recent.RecentPredictions] = None) -> fastapi.FastAPI:
   """The prediction server of the model(s) under `model_uri`, logging to `sink`.
 
   Args:
@@ -237,10 +251,13 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
     max_body_bytes: Largest request body; larger ones get 413.
     compact_bytes: The outbox is truncated once drained and larger than this.
     recent_ids: How many served request ids are remembered for idempotent answers.
+    served: The table of served request ids the server's worker processes share;
+      None: one of this process's own, of `recent_ids` entries.
   """
   models = watcher.ModelWatcher(model_uri, poll_seconds)
   logger = outbox.OutboxLogger(outbox_path, sink, compact_bytes=compact_bytes)
-  served = recent.RecentPredictions(recent_ids)
+  if served is None:
+    served = recent.RecentPredictions(recent_ids)
   served.add_logged(logger.rows_on_disk())
   predictor = Predictor(models, logger, served, np.random.default_rng(seed), max_instances)
 

@@ -144,13 +144,21 @@ def test_a_reused_request_id_gets_its_first_prediction_or_409(tmp_path, serving,
       assert client.post("/predict", json=first).json()["predictions"] == [served]
     response = client.post("/predict", json=other)
     assert response.status_code == 409 and "already served" in response.json()["error"]
+    # Refused for its second instance: the first one's id is not kept reserved.
+    refused = instances(observations[1:3], ["new-1", "reused"])
+    assert client.post("/predict", json=refused).status_code == 409
     mixed = instances(observations[:3], ["reused", "new-1", "new-2"])
     predictions = client.post("/predict", json=mixed).json()["predictions"]
     assert predictions[0] == served and [p["request_id"] for p in predictions[1:]] == [
         "new-1", "new-2"]
+    # A row the warehouse cannot store is refused each time, not held as being served.
+    unstorable = instances(observations[:1], ["x\ud800"])
+    for _ in range(2):
+      response = client.post("/predict", json=unstorable)
+      assert response.status_code == 400 and "not valid Unicode" in response.json()["error"]
     assert app.state.logger.flush(timeout=30.0)
     stats = client.get("/stats").json()
-  assert stats["predictions"] == 3 and stats["repeated"] == 21 and stats["conflicts"] == 1
+  assert stats["predictions"] == 3 and stats["repeated"] == 21 and stats["conflicts"] == 2
   assert logged_predictions(tmp_path / "warehouse.sqlite")["reused"][1] == served["action"]
   # After a restart, the outbox remembers what was served.
   app = make_app()
@@ -176,10 +184,13 @@ def test_outbox_write_failure_gives_503_with_a_reason(tmp_path, serving, make_ap
           assert "prediction log cannot be written" in response.json()["error"]
       finally:
         logger._file = healthy_file  # pylint: disable=protected-access
+    # The id reserved by each failed request is served normally on retry, once.
     response = client.post("/predict", json=body)
     assert response.status_code == 200
+    assert client.post("/predict", json=body).json() == response.json()
     assert logger.flush(timeout=30.0)
-    assert client.get("/stats").json()["log_unavailable"] == 3
+    stats = client.get("/stats").json()
+  assert stats["log_unavailable"] == 3 and stats["predictions"] == stats["repeated"] == 1
   assert list(logged_predictions(tmp_path / "warehouse.sqlite")) == ["cannot-log"]
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from rlops import agents, exploration, model_io
 from rlops.config import AgentConfig
+from rlops.serving import recent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +57,16 @@ def load_model(directory: str, version: Optional[str]) -> ServingModel:
       whose path says nothing of the model).
 
   Raises:
-    ValueError: The metadata fails the configuration's validation.
+    ValueError: The metadata fails the configuration's validation, or the version
+      is longer than the table of served request ids holds.
     AssertionError: The checkpoint does not match the agent of the metadata.
   """
   agent, metadata = model_io.load_agent(directory)
   if version is None:
     version = model_io.model_version_of(metadata)
+  if len(version.encode()) > recent.MAX_MODEL_VERSION_BYTES:
+    raise ValueError(f"model_version {version[:80]!r} is longer than "
+                     f"{recent.MAX_MODEL_VERSION_BYTES} bytes")
   config = model_io.agent_config_of(metadata)
   rank_k = int(metadata["rank_k"])
   if config.is_linear:

@@ -10,7 +10,10 @@ over HTTP) or RLOPS_WAREHOUSE (the Logger's code in process).
 Each worker process has its own outbox (`outbox-<i>.jsonl` beside RLOPS_OUTBOX)
 and shares the port through SO_REUSEPORT, so at-least-once delivery holds per
 process. Start the same number of workers again after a crash: worker i
-delivers what outbox-<i> still holds.
+delivers what outbox-<i> still holds. The workers share one table of recently
+served request ids (`recent`), created by the supervising process: a reused id
+gets the same answer whichever worker its connection reaches, and each worker
+refills the table from its outbox as it starts.
 """
 import multiprocessing
 import os
@@ -26,7 +29,7 @@ import fastapi
 import uvicorn
 
 from rlops import log_sinks
-from rlops.serving import outbox
+from rlops.serving import outbox, recent
 
 WORKER_STOP_SECONDS = 60.0
 # The log delivery thread shares the GIL with the event loop: CPython's default 5 ms
@@ -99,11 +102,13 @@ def worker_outbox_path(outbox_path: str, index: Optional[int]) -> str:
   return f"{stem}-{index}{extension}"
 
 
-def app_from_env(worker: Optional[int] = None) -> fastapi.FastAPI:
+def app_from_env(worker: Optional[int] = None,
+                 served: Optional[recent.RecentPredictions] = None) -> fastapi.FastAPI:
   """The app configured as Vertex configures a custom serving container.
 
   Args:
     worker: Index of this worker process, whose outbox is its own; None: the only one.
+    served: The table of served request ids the worker processes share; None: its own.
   """
   # Imported here: the process supervising workers never loads TensorFlow.
   from rlops.serving import app as app_lib  # pylint: disable=import-outside-toplevel
@@ -118,7 +123,8 @@ def app_from_env(worker: Optional[int] = None) -> fastapi.FastAPI:
       health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
       max_body_bytes=int(os.environ.get("RLOPS_MAX_BODY_BYTES", app_lib.DEFAULT_MAX_BODY_BYTES)),
       compact_bytes=int(os.environ.get("RLOPS_OUTBOX_COMPACT_BYTES",
-                                       outbox.DEFAULT_COMPACT_BYTES)))
+                                       outbox.DEFAULT_COMPACT_BYTES)),
+      served=served)
 
 
 def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
@@ -129,8 +135,8 @@ def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
   server.run(sockets=[sock])
 
 
-def _worker(index: int, host: str, port: int) -> None:
-  serve(app_from_env(index), listening_socket(host, port, reuse_port=True))
+def _worker(index: int, host: str, port: int, served: recent.RecentPredictions) -> None:
+  serve(app_from_env(index, served), listening_socket(host, port, reuse_port=True))
 
 
 def run_workers(workers: int, host: str, port: int) -> int:
@@ -140,7 +146,8 @@ def run_workers(workers: int, host: str, port: int) -> int:
   If one worker exits, the others are stopped too. Returns the exit code.
   """
   context = multiprocessing.get_context("spawn")
-  processes = [context.Process(target=_worker, args=(index, host, port),
+  served = recent.RecentPredictions(context=context)
+  processes = [context.Process(target=_worker, args=(index, host, port, served),
                                name=f"rlops-worker-{index}") for index in range(workers)]
   stopping = threading.Event()
 

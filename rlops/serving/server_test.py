@@ -1,4 +1,5 @@
 """Tests of running the endpoint: Vertex's environment, worker processes, kill -9 under load."""
+import json
 import os
 import signal
 import socket
@@ -107,6 +108,53 @@ def test_workers_serve_as_deployed_and_drain_on_sigterm(tmp_path, serving):
   assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == sorted(ids)
   assert {path.name for path in tmp_path.glob("outbox-*.jsonl")} == {"outbox-0.jsonl",
                                                                       "outbox-1.jsonl"}
+
+
+def test_a_request_id_reused_on_another_worker_gets_its_first_prediction_or_409(tmp_path,
+                                                                                 serving):
+  port = _free_port()
+  process = _start(tmp_path, serving, port, workers=2)
+  observations = testing.small_model().observe(np.arange(2))
+  first = instances(observations[:1], ["shared"])
+  other = instances(observations[1:2], ["shared"])
+  clients = {}  # process -> a keep-alive connection to that worker
+
+  def connected_to_both():  # Each new connection goes to one worker.
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+    _wait_healthy(process, client)
+    worker = client.get("/stats").json()["process"]
+    if worker in clients:
+      client.close()
+    else:
+      clients[worker] = client
+    return len(clients) == 2
+
+  try:
+    until(connected_to_both, timeout=120.0)
+    (worker_a, client_a), (worker_b, client_b) = clients.items()
+    response = client_a.post("/predict", json=first)
+    assert response.status_code == 200, response.text
+    [served] = response.json()["predictions"]
+    response = client_b.post("/predict", json=first)
+    assert response.status_code == 200 and response.json()["predictions"] == [served]
+    response = client_b.post("/predict", json=other)
+    assert response.status_code == 409
+    assert "already served for another observation" in response.json()["error"]
+    stats_a, stats_b = client_a.get("/stats").json(), client_b.get("/stats").json()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+  finally:
+    for client in clients.values():
+      client.close()
+    if process.poll() is None:
+      process.kill()
+  assert (stats_a["process"], stats_b["process"]) == (worker_a, worker_b)  # Same connections.
+  assert stats_a["predictions"] == 1 and stats_b["predictions"] == 0
+  assert stats_b["repeated"] == 1 and stats_b["conflicts"] == 1
+  logged = [json.loads(line)["request_id"] for path in tmp_path.glob("outbox-*.jsonl")
+            for line in path.read_text().splitlines()]
+  assert logged == ["shared"]
+  assert logged_predictions(tmp_path / "warehouse.sqlite")["shared"][1] == served["action"]
 
 
 def test_every_acknowledged_prediction_is_logged_once_after_kill_9_under_load(tmp_path, serving):
