@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "uvicorn==0.30.6",
     "uvloop==0.21.0",
     "httptools==0.6.4",
+    "orjson>=3.11,<4",  # Log rows and the predict route's JSON; the lock files pin each.
     "functions-framework==3.8.3",
     "google-cloud-aiplatform==1.91.0",
     "google-cloud-bigquery>=3.41,<4",  # 3.47 needs Python 3.10; the lock files pin each

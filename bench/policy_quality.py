@@ -19,7 +19,7 @@ import time
 import warnings
 from typing import Dict, List, Tuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # As the rlops CLI: autograph's code from TF-Agents' policies compares with
 # literals, and Google client libraries warn about the Python version.
 warnings.filterwarnings("ignore", category=SyntaxWarning)

@@ -14,10 +14,11 @@ concurrency, for each variant (all run at once; the idle ones wait):
   baseline  the server as it was before the serving split (`rlops/server.py` at
             BASELINE_COMMIT, read with git), one process, uvicorn on asyncio and h11,
             logging on: the configuration the issue measured.
-  on        `rlops.serving`, WORKERS processes on one port (SO_REUSEPORT), uvloop and
+  on        `rlops.serving` as `rlops serve --workers WORKERS` runs it: processes on one
+            port (SO_REUSEPORT) sharing one table of served request ids, uvloop and
             httptools, each with its own outbox delivering with InProcessSink to one
             temporary SQLite warehouse.
-  none      as `on` without an outbox: `app.OutboxLogger` is replaced by a stand-in
+  none      as `on` without an outbox: `outbox.OutboxLogger` is replaced by a stand-in
             that drops rows (`create_app` has no switch for this).
   on1       as `on` with one process.
 Prints figures as ratios against baselines measured in the same run and whether
@@ -44,7 +45,7 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # As the rlops CLI: autograph's code from TF-Agents' policies compares with
 # literals, and Google client libraries warn about the Python version.
 warnings.filterwarnings("ignore", category=SyntaxWarning)
@@ -65,6 +66,7 @@ from tqdm.auto import tqdm
 from rlops import log_sinks, model_io, movielens, simulation, training
 from rlops.config import AgentConfig
 from rlops.serving import policy as serving_policy
+from rlops.serving import recent
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -110,7 +112,7 @@ class DiscardSink:
 
 
 class NoOutbox:
-  """Stands in for `app.OutboxLogger`: `append` counts the rows and drops them."""
+  """Stands in for `outbox.OutboxLogger`: `append` counts the rows and drops them."""
   failures = 0
   pending = 0
   dead_letters = 0
@@ -146,12 +148,13 @@ def baseline_module(workdir: str):
   return module
 
 
-def server_process(variant: str, index: int, port: int, model_dir: str, workdir: str) -> None:
+def server_process(variant: str, index: int, port: int, model_dir: str, workdir: str,
+                   served: recent.RecentPredictions) -> None:
   """Child process: one server of `variant` on 127.0.0.1:port until SIGTERM."""
   import uvicorn  # pylint: disable=import-outside-toplevel
 
   from rlops.serving import app as app_lib  # pylint: disable=import-outside-toplevel
-  from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  from rlops.serving import outbox, server  # pylint: disable=import-outside-toplevel
   directory = os.path.join(workdir, variant)
   sink = log_sinks.InProcessSink(os.path.join(directory, "warehouse.sqlite"))
   outbox_path = os.path.join(directory, f"outbox-{index}.jsonl")
@@ -162,9 +165,9 @@ def server_process(variant: str, index: int, port: int, model_dir: str, workdir:
     uvicorn.Server(config).run(sockets=[server.listening_socket("127.0.0.1", port)])
     return
   if variant == "none":
-    app_lib.OutboxLogger = NoOutbox
+    outbox.OutboxLogger = NoOutbox
     sink = DiscardSink()
-  app = app_lib.create_app(model_dir, sink, outbox_path=outbox_path, seed=index)
+  app = app_lib.create_app(model_dir, sink, outbox_path=outbox_path, seed=index, served=served)
   server.serve(app, server.listening_socket("127.0.0.1", port, reuse_port=True))
 
 
@@ -372,13 +375,15 @@ def start_servers(model_dir: str, workdir: str, stack: contextlib.ExitStack) -> 
     workers = WORKERS if variant in ("on", "none") else 1
     port = _free_port()
     os.makedirs(os.path.join(workdir, variant))
+    served = recent.RecentPredictions(context=context)
     processes = [context.Process(target=server_process, name=f"{variant}-{index}", daemon=True,
-                                 args=(variant, index, port, model_dir, workdir))
+                                 args=(variant, index, port, model_dir, workdir, served))
                  for index in range(workers)]
     for process in processes:
       process.start()
     stack.callback(_stop, processes)
-    servers[variant] = {"port": port, "processes": processes,
+    # Kept: the children open the table's lock by name, which its finalizer removes.
+    servers[variant] = {"port": port, "processes": processes, "served": served,
                         "warehouse": (None if variant == "none" else
                                       os.path.join(workdir, variant, "warehouse.sqlite")),
                         "statuses": collections.Counter()}

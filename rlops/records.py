@@ -7,12 +7,12 @@ store it as it is (finite numbers, UTF-8 encodable ids, ranges), so a row that
 fails here is refused where it is produced, never after it was acknowledged.
 """
 import dataclasses
-import json
 import math
 import numbers
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
+import orjson
 
 PREDICTION_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
                       "model_version", "source")
@@ -23,6 +23,7 @@ MAX_EVENT_TIME = 7_258_118_400.0
 # Largest action and observation value the stores and float32 models take.
 MAX_ACTION = 2**31 - 1
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
+_COLUMN_SETS = {columns: frozenset(columns) for columns in (PREDICTION_COLUMNS, FEEDBACK_COLUMNS)}
 
 
 def _problem(request_id: Any, problem: str) -> ValueError:
@@ -41,6 +42,8 @@ def _text(request_id: Any, name: str, value: Any) -> str:
 
 
 def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> float:
+  if type(value) is float and low <= value <= high:  # The common case, without the ABC check.
+    return value
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
       math.isfinite(value) and low <= value <= high):
     raise _problem(request_id, f"{name} must be a finite number in [{low:g}, {high:g}], "
@@ -48,14 +51,17 @@ def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> 
   return float(value)
 
 
-def _finite_float(x: Any) -> bool:
-  return type(x) is float and math.isfinite(x) and abs(x) <= MAX_ABS_VALUE
+def _finite_floats(values: list) -> bool:
+  """Whether `values` are floats within the float32 range, checked in C loops."""
+  # A NaN or an infinity makes the sum NaN or infinite; finite float32 values cannot.
+  return (set(map(type, values)) == {float} and math.isfinite(sum(values))
+          and min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE)
 
 
 def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
   if isinstance(value, np.ndarray) and value.ndim == 1:
     value = value.tolist()
-  if isinstance(value, list) and value and all(map(_finite_float, value)):
+  if isinstance(value, list) and value and _finite_floats(value):
     return tuple(value)  # The common case, without the numbers ABC's slow isinstance.
   if not isinstance(value, (list, tuple)) or not value or not all(
       isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
@@ -65,7 +71,9 @@ def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
   return tuple(float(x) for x in value)
 
 
-def _fields(row: Mapping[str, Any], columns: Sequence[str]) -> Dict[str, Any]:
+def _fields(row: Mapping[str, Any], columns: Sequence[str]) -> Mapping[str, Any]:
+  if type(row) is dict and row.keys() == _COLUMN_SETS[columns]:  # The common case.
+    return row
   if not isinstance(row, Mapping):
     raise ValueError(f"a row must be an object, got {row!r:.100}")
   missing = [column for column in columns if column not in row]
@@ -105,8 +113,9 @@ class Prediction:
                        _number(rid, "event_time", self.event_time, 0.0, MAX_EVENT_TIME))
     object.__setattr__(self, "observation", _observation(rid, self.observation))
     action = self.action
-    if isinstance(action, bool) or not isinstance(action, numbers.Integral) or not (
-        0 <= action <= MAX_ACTION):
+    integral = type(action) is int or (  # pylint: disable=unidiomatic-typecheck
+        not isinstance(action, bool) and isinstance(action, numbers.Integral))
+    if not (integral and 0 <= action <= MAX_ACTION):
       raise _problem(rid, f"action must be an integer in [0, {MAX_ACTION}], got {action!r:.100}")
     object.__setattr__(self, "action", int(action))
     propensity = _number(rid, "propensity", self.propensity, 0.0, 1.0)
@@ -133,7 +142,7 @@ class Prediction:
 
   def values(self) -> tuple:
     """The values in PREDICTION_COLUMNS order, the observation as JSON text (SQLite's form)."""
-    return (self.request_id, self.event_time, json.dumps(list(self.observation)), self.action,
+    return (self.request_id, self.event_time, orjson.dumps(self.observation).decode(), self.action,
             self.propensity, self.model_version, self.source)
 
 

@@ -14,7 +14,7 @@ def test_rows_round_trip_through_json():
   for record in (PREDICTION, FEEDBACK):
     row = json.loads(json.dumps(record.to_row()))
     assert type(record).from_row(row) == record
-  assert PREDICTION.values() == ("r1", 1700000000.5, "[0.25, -1.0]", 3, 0.9, "7", "endpoint")
+  assert PREDICTION.values() == ("r1", 1700000000.5, "[0.25,-1.0]", 3, 0.9, "7", "endpoint")
   assert FEEDBACK.values() == ("r1", 1700000001.0, 4.5)
 
 

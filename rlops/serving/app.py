@@ -8,21 +8,23 @@
     GET /metrics          the same counters for Prometheus
     GET /openapi.json     the schema, with the serving model's observation length
 
-The predict route is a raw ASGI handler: no per-request framework work. Every
+The predict route's rules are `PredictHandler`'s: `protocol.PredictProtocol`
+answers the route in uvicorn's parser callbacks, and the `PredictRoute` ASGI
+middleware answers what takes uvicorn's ASGI path; no per-request framework work. Every
 prediction is appended to the outbox before it is answered; a request_id
 served before, by any worker process, is answered with the same prediction
 again (not logged twice), or refused with 409 when its observation differs or
 a concurrent request is serving it.
 """
 import contextlib
-import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import absl.logging
 import fastapi
 import numpy as np
+import orjson
 import prometheus_client
 from prometheus_client import metrics_core as prometheus_metrics
 from fastapi import openapi as fastapi_openapi
@@ -184,51 +186,79 @@ class Predictor:
     return rows
 
 
-class PredictRoute:
-  """ASGI middleware answering POST `path` with `predictor`; other requests go to `app`."""
+class PredictHandler:
+  """The predict route's HTTP rules around `predictor`: method, content type, body size.
 
-  def __init__(self, app, path: str, predictor: Predictor, max_body_bytes: int):
+  Used by `PredictRoute` (the ASGI path) and by `protocol.PredictProtocol`, which
+  answers the route in uvicorn's parser callbacks; both give the same answers.
+  """
+
+  def __init__(self, path: str, predictor: Predictor, max_body_bytes: int):
+    self.path = path
+    self.predictor = predictor
+    self.max_body_bytes = max_body_bytes
+
+  def refusal(self, method: str,
+              headers: Iterable[Tuple[bytes, bytes]]) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """The answer to a request refused before its body is read; None: read the body."""
+    predictor = self.predictor
+    if method != "POST":
+      return predictor.refused(405, f"use POST on {self.path}")
+    content_type, length = b"", b"0"
+    for name, value in headers:  # Lower-case names; the last of a repeated header counts.
+      if name == b"content-type":
+        content_type = value
+      elif name == b"content-length":
+        length = value
+    content_type = content_type.split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+      return predictor.refused(415, "the content type must be application/json, got "
+                                    f"{content_type.decode('latin-1')[:100]!r}")
+    if not length.isdigit() or int(length) > self.max_body_bytes:
+      return self.too_large()
+    return None
+
+  def too_large(self) -> Tuple[int, Dict[str, Any]]:
+    """The answer to a body found larger than the limit while it is read."""
+    return self.predictor.refused(413, f"the body must be at most {self.max_body_bytes} bytes")
+
+
+class PredictRoute:
+  """ASGI middleware answering POST `handler.path`; other requests go to `app`."""
+
+  def __init__(self, app, handler: PredictHandler):
     self._app = app
-    self._path = path
-    self._predictor = predictor
-    self._max_body_bytes = max_body_bytes
+    self._handler = handler
 
   async def __call__(self, scope, receive, send) -> None:
-    if scope["type"] != "http" or scope["path"] != self._path:
+    if scope["type"] != "http" or scope["path"] != self._handler.path:
       await self._app(scope, receive, send)
       return
     status, answer = await self._answer(scope, receive)
-    body = json.dumps(answer).encode()
+    body = orjson.dumps(answer)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
   async def _answer(self, scope, receive) -> Tuple[int, Dict[str, Any]]:
-    predictor = self._predictor
-    if scope["method"] != "POST":
-      return predictor.refused(405, f"use POST on {self._path}")
-    headers = dict(scope["headers"])
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if content_type != b"application/json":
-      return predictor.refused(415, "the content type must be application/json, got "
-                                    f"{content_type.decode('latin-1')[:100]!r}")
-    length = headers.get(b"content-length", b"0")
-    if not length.isdigit() or int(length) > self._max_body_bytes:
-      return predictor.refused(413, f"the body must be at most {self._max_body_bytes} bytes")
+    handler = self._handler
+    refusal = handler.refusal(scope["method"], scope["headers"])
+    if refusal:
+      return refusal
     chunks, size = [], 0
     more = True
     while more:
       message = await receive()
       if message["type"] == "http.disconnect":
-        return predictor.refused(400, "the client disconnected")
+        return handler.predictor.refused(400, "the client disconnected")
       chunk = message.get("body", b"")
       size += len(chunk)
-      if size > self._max_body_bytes:
-        return predictor.refused(413, f"the body must be at most {self._max_body_bytes} bytes")
+      if size > handler.max_body_bytes:
+        return handler.too_large()
       chunks.append(chunk)
       more = message.get("more_body", False)
-    return predictor.predict(b"".join(chunks))
+    return handler.predictor.predict(b"".join(chunks))
 
 
 def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
@@ -273,8 +303,8 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
                         description="Epsilon-greedy movie recommendations with exact propensities.")
   app.state.models = models
   app.state.logger = logger
-  app.add_middleware(PredictRoute, path=predict_route, predictor=predictor,
-                     max_body_bytes=max_body_bytes)
+  app.state.predict_handler = PredictHandler(predict_route, predictor, max_body_bytes)
+  app.add_middleware(PredictRoute, handler=app.state.predict_handler)
 
   def openapi() -> Dict[str, Any]:
     """FastAPI's schema of its routes, and the predict route at the serving model's rank_k."""

@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import absl.logging
+import orjson
 
 from rlops import log_sinks, warehouse
 
@@ -38,9 +39,17 @@ def encode_rows(rows: List[Dict[str, Any]]) -> bytes:
   lines = []
   for row in rows:
     values = dict(zip(warehouse.PREDICTION_COLUMNS, warehouse.prediction_values(row)))
-    observation = values.pop("observation")
-    lines.append(f'{json.dumps(values)[:-1]}, "observation": {observation}}}\n')
-  return "".join(lines).encode()
+    observation = values.pop("observation").encode()
+    lines.append(orjson.dumps(values)[:-1] + b',"observation":' + observation + b"}\n")
+  return b"".join(lines)
+
+
+def _loads(line: bytes) -> Any:
+  """A JSON line; the standard library reads what orjson refuses (lone surrogates)."""
+  try:
+    return orjson.loads(line)
+  except orjson.JSONDecodeError:
+    return json.loads(line)
 
 
 def _count_lines(path: str) -> int:
@@ -114,7 +123,7 @@ class OutboxLogger:
     with open(self.outbox_path, "rb") as f:
       for line in f.read(end).splitlines():
         try:
-          yield json.loads(line)
+          yield _loads(line)
         except ValueError:
           continue
 
@@ -140,8 +149,12 @@ class OutboxLogger:
         self._file.truncate(self._end)
         raise
       self._end += len(data)
+      pending = self._written - self._delivered
       self._written += len(rows)
-      self._cond.notify_all()
+      # Wake the delivery thread only where it waits: for a first row, or for a full batch.
+      # A wake-up per request would cost a thread switch each.
+      if pending == 0 or pending < self._batch_rows <= pending + len(rows):
+        self._cond.notify_all()
 
   @property
   def delivered(self) -> int:
@@ -178,13 +191,13 @@ class OutboxLogger:
       lines.append(self._reader.readline())
       position += len(lines[-1])
     try:  # One parse for the whole batch; line by line only when one is malformed.
-      return json.loads(b"[" + b",".join(lines) + b"]"), [], len(lines), position
+      return orjson.loads(b"[" + b",".join(lines) + b"]"), [], len(lines), position
     except ValueError:
       pass
     rows, malformed = [], []
     for line in lines:
       try:
-        rows.append(json.loads(line))
+        rows.append(_loads(line))
       except ValueError as error:
         malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
     return rows, malformed, len(lines), position

@@ -29,7 +29,7 @@ import fastapi
 import uvicorn
 
 from rlops import log_sinks
-from rlops.serving import outbox, recent
+from rlops.serving import outbox, protocol, recent
 
 WORKER_STOP_SECONDS = 60.0
 # The log delivery thread shares the GIL with the event loop: CPython's default 5 ms
@@ -60,7 +60,8 @@ class ServerThread:
     # log_config=None: an embedded server leaves the host process's logging as it is.
     # The asyncio loop: uvloop would replace the host process's event loop policy.
     self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                 log_config=None, http="httptools"))
+                                                 log_config=None,
+                                                 http=protocol.http_protocol(app)))
     self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                     name="rlops-server", daemon=True)
     self._startup_seconds = startup_seconds
@@ -128,10 +129,11 @@ def app_from_env(worker: Optional[int] = None,
 
 
 def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
-  """Serves `app` on a bound socket until SIGINT or SIGTERM, with uvloop and httptools."""
+  """Serves `app` on a bound socket until SIGINT or SIGTERM, with uvloop and httptools
+  (the predict route answered in the parser's callbacks, `protocol`)."""
   sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-  server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", access_log=False,
-                                         log_level="warning"))
+  server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http=protocol.http_protocol(app),
+                                         access_log=False, log_level="warning"))
   server.run(sockets=[sock])
 
 

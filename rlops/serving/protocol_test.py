@@ -1,0 +1,109 @@
+"""The predict route answered in uvicorn's parser callbacks, beside uvicorn's ASGI path."""
+import json
+import socket
+
+import httpx
+import numpy as np
+
+from rlops import testing
+from rlops.serving import server
+from rlops.serving.testing import instances, logged_predictions
+
+K = 4  # rank_k of testing.small_model()
+
+
+def _request(body: bytes, method: str = "POST", path: str = "/predict", version: str = "1.1",
+             headers: str = "Content-Type: application/json\r\n") -> bytes:
+  return (f"{method} {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n{headers}"
+          f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _responses(sock: socket.socket, count: int):
+  """The next `count` (status, JSON body) on `sock`."""
+  reader = sock.makefile("rb")
+  answers = []
+  for _ in range(count):
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) != b"\r\n":
+      name, _, value = line.partition(b":")
+      if name.strip().lower() == b"content-length":
+        length = int(value)
+    answers.append((status, json.loads(reader.read(length))))
+  return answers
+
+
+def _body(observations, ids=None) -> bytes:
+  return json.dumps(instances(observations, ids)).encode()
+
+
+def test_the_parser_path_and_the_asgi_path_answer_alike(tmp_path, serving, make_app):
+  observations = testing.small_model().observe(np.arange(3))
+  app = make_app(max_body_bytes=5_000)
+  requests = {
+      "new id": _body(observations[:1], ["both-0"]),
+      "reused id": _body(observations[:1], ["both-0"]),
+      "reused id, other observation": _body(observations[1:2], ["both-0"]),
+      "malformed": b"{not json",
+      "too deep": b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+      "too large": b'{"instances": [' + b" " * 6000 + b"]}",
+  }
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    answers = {}
+    # Keep-alive HTTP/1.1 takes the parser path; Connection: close and HTTP/1.0 take uvicorn's
+    # ASGI cycle (the PredictRoute middleware).
+    for path, options in (("parser", {}), ("asgi, Connection: close",
+                                           {"headers": "Content-Type: application/json\r\n"
+                                                       "Connection: close\r\n"}),
+                          ("asgi, HTTP/1.0", {"version": "1.0"})):
+      answers[path] = {}
+      for name, body in requests.items():
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+          sock.sendall(_request(body, **options))
+          answers[path][name] = _responses(sock, 1)[0]
+      for name, options in (("text/plain", {"headers": "Content-Type: text/plain\r\n"}),
+                            ("GET", {"method": "GET"})):
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+          sock.sendall(_request(b"{}", **options))
+          answers[path][name] = _responses(sock, 1)[0]
+    stats = httpx.get(f"{endpoint.url}/stats").json()
+  expected = {"new id": 200, "reused id": 200, "reused id, other observation": 409,
+              "malformed": 400, "too deep": 400, "too large": 413, "text/plain": 415, "GET": 405}
+  for path, by_name in answers.items():
+    assert {name: status for name, (status, _) in by_name.items()} == expected, path
+  # One prediction, answered alike on every path; the refusals give the same reasons.
+  assert len({json.dumps(by_name["new id"][1]) for by_name in answers.values()}) == 1
+  for name in expected:
+    if name not in ("new id", "reused id"):
+      assert len({by_name[name][1]["error"] for by_name in answers.values()}) == 1, name
+  assert stats["requests"] == 3 * len(expected) and stats["predictions"] == 1
+  assert stats["repeated"] == 5 and stats["conflicts"] == 3
+
+
+def test_pipelined_and_split_requests_are_answered_in_order(tmp_path, serving, make_app):
+  observations = testing.small_model().observe(np.arange(4))
+  app = make_app(max_body_bytes=2_000)
+  ids = [f"pipelined-{i}" for i in range(4)]
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      # In one write: a predict request, one behind an ASGI request still in flight, a body
+      # over the limit (read and dropped), then one more on the same connection.
+      sock.sendall(_request(_body(observations[:1], ids[:1]))
+                   + _request(b"", method="GET", path="/stats", headers="")
+                   + _request(_body(observations[1:2], ids[1:2]))
+                   + _request(b"[" + b" " * 2500 + b"]")
+                   + _request(_body(observations[2:3], ids[2:3])))
+      answers = _responses(sock, 5)
+      # A request split across writes, byte by byte in its head.
+      request = _request(_body(observations[3:4], ids[3:4]))
+      for index in range(0, 80):
+        sock.sendall(request[index:index + 1])
+      sock.sendall(request[80:])
+      answers += _responses(sock, 1)
+    assert app.state.logger.flush(timeout=30.0)
+  assert [status for status, _ in answers] == [200, 200, 200, 413, 200, 200]
+  assert [answers[i][1]["predictions"][0]["request_id"] for i in (0, 2, 4, 5)] == ids
+  assert answers[1][1]["requests"] == 1  # /stats answered after the first prediction only.
+  assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == sorted(ids)
