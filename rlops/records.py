@@ -31,6 +31,8 @@ def _problem(request_id: Any, problem: str) -> ValueError:
 
 
 def _text(request_id: Any, name: str, value: Any) -> str:
+  if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii():
+    return value  # The common case, without encoding it.
   if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
     raise _problem(request_id, f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters, "
                                f"got {value!r:.100}")
@@ -107,23 +109,10 @@ class Prediction:
   source: str
 
   def __post_init__(self):
-    rid = self.request_id
-    _text(rid, "request_id", rid)
-    object.__setattr__(self, "event_time",
-                       _number(rid, "event_time", self.event_time, 0.0, MAX_EVENT_TIME))
-    object.__setattr__(self, "observation", _observation(rid, self.observation))
-    action = self.action
-    integral = type(action) is int or (  # pylint: disable=unidiomatic-typecheck
-        not isinstance(action, bool) and isinstance(action, numbers.Integral))
-    if not (integral and 0 <= action <= MAX_ACTION):
-      raise _problem(rid, f"action must be an integer in [0, {MAX_ACTION}], got {action!r:.100}")
-    object.__setattr__(self, "action", int(action))
-    propensity = _number(rid, "propensity", self.propensity, 0.0, 1.0)
-    if propensity == 0.0:
-      raise _problem(rid, "propensity must be positive: the action was taken")
-    object.__setattr__(self, "propensity", propensity)
-    _text(rid, "model_version", self.model_version)
-    _text(rid, "source", self.source)
+    checked = _checked_prediction(self.request_id, self.event_time, self.observation, self.action,
+                                  self.propensity, self.model_version, self.source)
+    for name, value in zip(("event_time", "observation", "action", "propensity"), checked[1:5]):
+      object.__setattr__(self, name, value)
 
   @classmethod
   def from_row(cls, row: Mapping[str, Any]) -> "Prediction":
@@ -142,8 +131,46 @@ class Prediction:
 
   def values(self) -> tuple:
     """The values in PREDICTION_COLUMNS order, the observation as JSON text (SQLite's form)."""
-    return (self.request_id, self.event_time, orjson.dumps(self.observation).decode(), self.action,
-            self.propensity, self.model_version, self.source)
+    return _stored((self.request_id, self.event_time, self.observation, self.action,
+                    self.propensity, self.model_version, self.source))
+
+
+def _checked_prediction(request_id, event_time, observation, action, propensity, model_version,
+                        source) -> tuple:
+  """A prediction's fields in PREDICTION_COLUMNS order, checked; numbers as float or int, the
+  observation as a tuple.
+
+  Raises:
+    ValueError: A field is malformed; the message names the request and the field.
+  """
+  _text(request_id, "request_id", request_id)
+  event_time = _number(request_id, "event_time", event_time, 0.0, MAX_EVENT_TIME)
+  observation = _observation(request_id, observation)
+  integral = type(action) is int or (  # pylint: disable=unidiomatic-typecheck
+      not isinstance(action, bool) and isinstance(action, numbers.Integral))
+  if not (integral and 0 <= action <= MAX_ACTION):
+    raise _problem(request_id,
+                   f"action must be an integer in [0, {MAX_ACTION}], got {action!r:.100}")
+  propensity = _number(request_id, "propensity", propensity, 0.0, 1.0)
+  if propensity == 0.0:
+    raise _problem(request_id, "propensity must be positive: the action was taken")
+  _text(request_id, "model_version", model_version)
+  _text(request_id, "source", source)
+  return (request_id, event_time, observation, int(action), propensity, model_version, source)
+
+
+def _stored(fields: tuple) -> tuple:
+  return fields[:2] + (orjson.dumps(fields[2]).decode(),) + fields[3:]
+
+
+def prediction_values(row: Mapping[str, Any]) -> tuple:
+  """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text);
+  the same checks as `Prediction.from_row(row).values()` without building the record.
+
+  Raises:
+    ValueError: The row is malformed; the message names the request and the field.
+  """
+  return _stored(_checked_prediction(**_fields(row, PREDICTION_COLUMNS)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ are JSON arrays of floats as text here and ARRAY<FLOAT64> in BigQuery;
 event times are Unix seconds. WAL mode lets serving write while pipelines read.
 """
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from rlops.records import FEEDBACK_COLUMNS, PREDICTION_COLUMNS
 TRAINING_COLUMNS = ("request_id", "event_time", "observation", "action", "propensity",
                     "model_version", "reward")
 BUSY_TIMEOUT_SECONDS = 30.0
+# Rows of one INSERT statement: 7 columns each stay under SQLite's oldest limit of 999 variables.
+ROWS_PER_STATEMENT = 100
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS predictions (
@@ -84,8 +87,9 @@ def prediction_values(row: Row) -> tuple:
   Raises:
     ValueError: The row is malformed; the message names the request and the field.
   """
-  record = row if isinstance(row, records.Prediction) else records.Prediction.from_row(row)
-  return record.values()
+  if isinstance(row, records.Prediction):
+    return row.values()
+  return records.prediction_values(row)
 
 
 def feedback_values(row: Row) -> tuple:
@@ -156,12 +160,20 @@ class Warehouse:
       self._connection.execute("COMMIT")
 
   def _insert(self, table: str, columns: Tuple[str, ...], values: list) -> int:
-    if not values:
-      return 0
+    """Inserts rows, up to ROWS_PER_STATEMENT in one statement; returns rows inserted.
+
+    One statement for many rows, not executemany: sqlite3 releases the GIL once per
+    statement step, and each release hands it to the serving thread when it waits.
+    """
+    inserted = 0
+    row = f"({', '.join('?' * len(columns))})"
     with self._transaction() as connection:
-      return connection.executemany(
-          f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
-          f"VALUES ({', '.join('?' * len(columns))})", values).rowcount
+      for start in range(0, len(values), ROWS_PER_STATEMENT):
+        chunk = values[start:start + ROWS_PER_STATEMENT]
+        inserted += connection.execute(
+            f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([row] * len(chunk)), list(itertools.chain.from_iterable(chunk))).rowcount
+    return inserted
 
   def insert_predictions(self, rows: Iterable[Row]) -> int:
     """Inserts prediction logs, ignoring request_ids already present; returns rows inserted.
