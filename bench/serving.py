@@ -98,10 +98,10 @@ THROUGHPUT_GAIN_TARGET = 3.0
 THROUGHPUT_LOSS_TARGET = 0.10
 VARIANTS = {
     "baseline": "rlops/server.py before the split, 1 process, uvicorn asyncio + h11, logging on",
-    "on": f"rlops.serving, {WORKERS} processes, uvloop + httptools, outbox per process, "
-          "InProcessSink to SQLite",
-    "none": f"rlops.serving, {WORKERS} processes, uvloop + httptools, no outbox (rows dropped)",
-    "on1": "rlops.serving, 1 process, uvloop + httptools, outbox, InProcessSink to SQLite",
+    "on": f"rlops.serving, {WORKERS} processes sharing the served-id table, uvloop + httptools, "
+          "predict route in the parser callbacks, outbox per process, InProcessSink to SQLite",
+    "none": "as on, no outbox (rows dropped)",
+    "on1": "as on, 1 process",
 }
 
 
