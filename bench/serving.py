@@ -286,8 +286,9 @@ async def _drive(port: int, bodies: Sequence[bytes], concurrency: int, seconds: 
           or (not rate and now >= start + seconds)):
         return
       due = start + index / rate if rate else now
-      if due > now:
+      while now < due:  # Never before its time: uvloop's timers may fire a millisecond early.
         await asyncio.sleep(due - now)
+        now = time.perf_counter()
       status = await send(stream, requests[index % len(requests)])
       end = time.perf_counter()
       records.append((end - due, end, status))
