@@ -150,7 +150,7 @@ def baseline_module(workdir: str):
 
 
 def server_process(variant: str, index: int, port: int, model_dir: str, workdir: str,
-                   served: recent.RecentPredictions) -> None:
+                   served: Optional[recent.RecentPredictions]) -> None:
   """Child process: one server of `variant` on 127.0.0.1:port until SIGTERM."""
   import uvicorn  # pylint: disable=import-outside-toplevel
 
@@ -377,7 +377,7 @@ def start_servers(model_dir: str, workdir: str, stack: contextlib.ExitStack) -> 
     workers = WORKERS if variant in ("on", "none") else 1
     port = _free_port()
     os.makedirs(os.path.join(workdir, variant))
-    served = recent.RecentPredictions(context=context)
+    served = None if variant == "baseline" else recent.RecentPredictions(context=context)
     processes = [context.Process(target=server_process, name=f"{variant}-{index}", daemon=True,
                                  args=(variant, index, port, model_dir, workdir, served))
                  for index in range(workers)]

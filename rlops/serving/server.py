@@ -148,6 +148,8 @@ def run_workers(workers: int, host: str, port: int) -> int:
   If one worker exits, the others are stopped too. Returns the exit code.
   """
   context = multiprocessing.get_context("spawn")
+  # Alive until every worker stops: a worker opens the table's lock by name, which the
+  # table's finalizer removes.
   served = recent.RecentPredictions(context=context)
   processes = [context.Process(target=_worker, args=(index, host, port, served),
                                name=f"rlops-worker-{index}") for index in range(workers)]
