@@ -1,5 +1,7 @@
 """Tests of the loop's records: what a warehouse can store, and the rows they travel as."""
 import json
+import time
+import uuid
 
 import pytest
 
@@ -16,6 +18,21 @@ def test_rows_round_trip_through_json():
     assert type(record).from_row(row) == record
   assert PREDICTION.values() == ("r1", 1700000000.5, "[0.25,-1.0]", 3, 0.9, "7", "endpoint")
   assert FEEDBACK.values() == ("r1", 1700000001.0, 4.5)
+
+
+def test_new_request_ids_are_uuid7_in_creation_order():
+  before = time.time()
+  first = [records.new_request_id() for _ in range(10_000)]
+  time.sleep(0.002)
+  second = records.new_request_id()
+  assert len(set(first)) == len(first)
+  for request_id in first[:100] + [second]:
+    parsed = uuid.UUID(hex=request_id)
+    assert (parsed.version, parsed.variant, parsed.hex) == (7, uuid.RFC_4122, request_id)
+    assert before - 0.001 <= int(request_id[:12], 16) / 1000 <= time.time()
+  # Ids of later milliseconds sort after every earlier one: the key index grows at its end.
+  assert max(first) < second
+  assert sorted(first, key=lambda request_id: request_id[:12]) == first
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -3,7 +3,6 @@ logged in process, and the users behind logged contexts."""
 import functools
 import os
 import time
-import uuid
 from typing import Optional
 
 import numpy as np
@@ -39,7 +38,7 @@ def log_policy_traffic(model: simulation.MovieLensModel, serving_directory: str,
   propensities = np.exp(step.info.log_probability.numpy())
   rewards = model.reward(users, actions)
   now = time.time() if event_time is None else event_time
-  ids = [uuid.uuid4().hex for _ in range(requests)]
+  ids = [records.new_request_id() for _ in range(requests)]
   warehouse.insert_predictions([
       records.Prediction(request_id=rid, event_time=now, observation=obs, action=int(action),
                          propensity=float(p), model_version=version, source="simulator")

@@ -2,7 +2,6 @@
 exactly the returned movie goes back as feedback. The Simulator function's core, also
 run by `rlops simulate` and the demo."""
 import time
-import uuid
 from typing import Any, Dict, List, Optional
 
 import absl.logging
@@ -113,7 +112,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         time.sleep(max(0.0, start + index / rate - time.monotonic()))
       users = (rng.integers(0, model.num_users, size=instances_per_request) if user_rows is None
                else user_rows[index])
-      ids = [uuid.uuid4().hex for _ in users]
+      ids = [records.new_request_id() for _ in users]
       body = {"instances": [{"observation": observation.tolist(), "request_id": rid}
                             for observation, rid in zip(model.observe(users), ids)]}
       sent += 1

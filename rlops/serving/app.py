@@ -45,8 +45,8 @@ _INSTANCE_SCHEMA = {
                         "description": "The user's context: rank_k finite numbers."},
         "request_id": {"type": "string", "minLength": 1,
                        "maxLength": parsing.MAX_REQUEST_ID_LENGTH,
-                       "description": "Joins the prediction to its feedback; uuid4 hex if absent. "
-                                      "Reusing one answers its first prediction again."},
+                       "description": "Joins the prediction to its feedback; a UUIDv7 in hex if "
+                                      "absent. Reusing one answers its first prediction again."},
     },
 }
 _PREDICTION_SCHEMA = {

@@ -7,19 +7,23 @@ rejected batch is delivered again one row at a time, and each row rejected on
 its own is set aside in the dead-letter file, so one poison row never stops the
 others. `replay_dead_letters` sends the set-aside rows again once fixed.
 """
+import collections
 import json
 import math
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import absl.logging
 import orjson
 
-from rlops import log_sinks, warehouse
+from rlops import log_sinks, records, warehouse
 
 DEFAULT_COMPACT_BYTES = 64 << 20
+# Rows appended and not yet delivered that the delivery thread takes from memory, as the
+# checked records they were appended as; beyond these, it reads and parses the outbox file.
+MAX_ROWS_IN_MEMORY = 10_000
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -28,20 +32,14 @@ def dead_letter_path(outbox_path: str) -> str:
   return outbox_path + ".dead.jsonl"
 
 
-def encode_rows(rows: List[Dict[str, Any]]) -> bytes:
-  """Prediction rows as outbox lines, validated exactly as the warehouse will store them.
-
-  The observation is written as the warehouse's own JSON text of it, encoded once.
+def _predictions(rows: Iterable[warehouse.Row]) -> List[records.Prediction]:
+  """Rows as records, checked exactly as the warehouse will store them.
 
   Raises:
     ValueError: A row the warehouse would reject; the message names its request_id.
   """
-  lines = []
-  for row in rows:
-    values = dict(zip(warehouse.PREDICTION_COLUMNS, warehouse.prediction_values(row)))
-    observation = values.pop("observation").encode()
-    lines.append(orjson.dumps(values)[:-1] + b',"observation":' + observation + b"}\n")
-  return b"".join(lines)
+  return [row if isinstance(row, records.Prediction) else records.Prediction.from_row(row)
+          for row in rows]
 
 
 def _loads(line: bytes) -> Any:
@@ -62,11 +60,13 @@ def _count_lines(path: str) -> int:
 class OutboxLogger:
   """Prediction rows appended to a JSONL outbox and delivered to a sink by a thread.
 
-  `append` writes rows under a lock (the request path). The delivery thread
-  sends the rows after the last delivered byte offset, which it persists in
-  `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
-  delivery is at least once and resumes after a restart. When everything is
-  delivered and the outbox exceeds `compact_bytes`, it is truncated.
+  `append` checks rows and writes them under a lock (the request path). The
+  delivery thread sends the rows after the last delivered byte offset, which it
+  persists in `<outbox>.offset`, in batches of up to `batch_rows` rows or
+  `batch_seconds`: delivery is at least once and resumes after a restart. Rows
+  appended by this process are sent as the checked records they were appended as
+  (up to MAX_ROWS_IN_MEMORY of them), the others as read back from the file. When
+  everything is delivered and the outbox exceeds `compact_bytes`, it is truncated.
 
   Args:
     outbox_path: The JSONL outbox file.
@@ -96,6 +96,7 @@ class OutboxLogger:
     self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
     self._end, self._offset, self._written = self._recover()
     self._delivered = 0
+    self._in_memory: collections.deque = collections.deque()  # (start, end, record) per row.
     self.failures = 0
     self.dead_letters = _count_lines(self.dead_letter_path)
     self._reader = open(outbox_path, "rb")  # noqa: SIM115 (lives with the logger)
@@ -133,14 +134,16 @@ class OutboxLogger:
       f.write(str(offset))
     os.replace(temporary, self._offset_path)
 
-  def append(self, rows: List[Dict[str, Any]]) -> None:
+  def append(self, rows: Iterable[warehouse.Row]) -> None:
     """Writes rows to the outbox; they survive a crash of this process when this returns.
 
     Raises:
-      ValueError: A row the warehouse would reject (`encode_rows`); nothing is written.
+      ValueError: A row the warehouse would reject; nothing is written.
       OSError: The outbox cannot be written; nothing of `rows` is in it.
     """
-    data = encode_rows(rows)
+    predictions = _predictions(rows)
+    lines = [orjson.dumps(prediction) + b"\n" for prediction in predictions]
+    data = b"".join(lines)
     with self._cond:
       try:
         if self._file.write(data) != len(data):
@@ -148,12 +151,17 @@ class OutboxLogger:
       except OSError:
         self._file.truncate(self._end)
         raise
+      if len(self._in_memory) < MAX_ROWS_IN_MEMORY:
+        start = self._end
+        for prediction, line in zip(predictions, lines):
+          self._in_memory.append((start, start + len(line), prediction))
+          start += len(line)
       self._end += len(data)
       pending = self._written - self._delivered
-      self._written += len(rows)
+      self._written += len(predictions)
       # Wake the delivery thread only where it waits: for a first row, or for a full batch.
       # A wake-up per request would cost a thread switch each.
-      if pending == 0 or pending < self._batch_rows <= pending + len(rows):
+      if pending == 0 or pending < self._batch_rows <= pending + len(predictions):
         self._cond.notify_all()
 
   @property
@@ -176,15 +184,34 @@ class OutboxLogger:
   def _set_aside(self, entry: Dict[str, Any]) -> None:
     """Appends a rejected row (or malformed line) and its reason to the dead-letter file."""
     with open(self.dead_letter_path, "a") as f:
-      f.write(json.dumps({**entry, "set_aside_time": time.time()}) + "\n")
+      f.write(json.dumps({**entry, "set_aside_time": time.time()}, default=records.row_of) + "\n")
     self.dead_letters += 1
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
 
-  def _read_batch(self) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], int, int]:
+  def _batch_in_memory(self) -> Optional[Tuple[List[records.Prediction], int]]:
+    """(records, end offset) of the next batch if it starts with a row held in memory."""
+    with self._cond:
+      in_memory = self._in_memory
+      while in_memory and in_memory[0][0] < self._offset:  # Delivered as read from the file.
+        in_memory.popleft()
+      position, batch = self._offset, []
+      for start, end, prediction in in_memory:
+        if start != position or len(batch) == self._batch_rows:
+          break
+        batch.append(prediction)
+        position = end
+    return (batch, position) if batch else None
+
+  def _read_batch(self) -> Tuple[List[warehouse.Row], List[Dict[str, Any]], int, int]:
     """(rows, malformed lines with their reasons, lines, end offset) of the next batch."""
+    batch = self._batch_in_memory()
+    if batch:
+      return batch[0], [], len(batch[0]), batch[1]
     with self._cond:
       end = self._end
+      if self._in_memory:  # Up to the rows held in memory.
+        end = min(end, self._in_memory[0][0])
     self._reader.seek(self._offset)
     position, lines = self._offset, []
     while len(lines) < self._batch_rows and position < end:
@@ -202,7 +229,7 @@ class OutboxLogger:
         malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
     return rows, malformed, len(lines), position
 
-  def _deliver(self, rows: List[Dict[str, Any]]) -> None:
+  def _deliver(self, rows: List[warehouse.Row]) -> None:
     """Delivers rows; on a permanent rejection, row by row, setting aside the rejected ones.
 
     Raises:
@@ -235,6 +262,8 @@ class OutboxLogger:
     with self._cond:
       self._offset = offset
       self._delivered += lines
+      while self._in_memory and self._in_memory[0][1] <= offset:
+        self._in_memory.popleft()
       self._cond.notify_all()
       if self._offset == self._end > self._compact_bytes:
         self._file.truncate(0)

@@ -1,10 +1,11 @@
 """Tests of the outbox: recovery, compaction, poison rows set aside, retries, replay."""
 import json
 import sqlite3
+import time
 
 import pytest
 
-from rlops import log_sinks
+from rlops import log_sinks, records
 from rlops.serving import outbox
 
 
@@ -60,6 +61,49 @@ class _RecordingSink:
 
   def deliver(self, message):
     self.rows.extend(message["predictions"])
+
+
+class _SwitchedSink:
+  """Records each delivered row, and whether it came as a record or as a row read back;
+  fails while `down`."""
+
+  def __init__(self):
+    self.down = True
+    self.attempts = 0
+    self.delivered = []
+
+  def deliver(self, message):
+    self.attempts += 1
+    if self.down:
+      raise OSError("warehouse unreachable")
+    self.delivered.extend((row.request_id, "record") if isinstance(row, records.Prediction)
+                          else (row["request_id"], "read back") for row in message["predictions"])
+
+
+def test_rows_beyond_those_held_in_memory_are_read_back_from_the_file(tmp_path, monkeypatch):
+  monkeypatch.setattr(outbox, "MAX_ROWS_IN_MEMORY", 7)
+  sink = _SwitchedSink()
+  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_rows=5,
+                               batch_seconds=0.01)
+  logger.start()
+  try:
+    rows = _rows("r", 26)
+    for start in range(0, 18, 3):  # While the sink is down, 9 rows fit in memory.
+      logger.append(rows[start:start + 3])
+    logger.append(rows[18:20])
+    deadline = time.monotonic() + 30.0
+    while not sink.attempts and time.monotonic() < deadline:
+      time.sleep(0.01)
+    sink.down = False
+    assert sink.attempts and logger.flush(timeout=30.0)
+    logger.append(rows[20:26])
+    assert logger.flush(timeout=30.0)
+  finally:
+    logger.close()
+  assert sink.delivered == [(row["request_id"], "record") for row in rows[:9]] + [
+      (row["request_id"], "read back") for row in rows[9:20]] + [
+      (row["request_id"], "record") for row in rows[20:]]
+  assert logger.failures >= 1 and logger.pending == 0
 
 
 def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):

@@ -6,13 +6,14 @@ Every reason is a ValueError message the endpoint answers with 400.
 """
 import json
 import math
-import uuid
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import orjson
 
-MAX_REQUEST_ID_LENGTH = 128
+from rlops import records
+
+MAX_REQUEST_ID_LENGTH = records.MAX_ID_LENGTH
 
 
 def _is_number(value: Any) -> bool:
@@ -32,7 +33,7 @@ def _float32_rows(observations: List[list]) -> np.ndarray:
 
 def _request_id(instance: Dict[str, Any], index: int) -> str:
   if "request_id" not in instance:
-    return uuid.uuid4().hex
+    return records.new_request_id()
   request_id = instance["request_id"]
   if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH:
     raise ValueError(f"instance {index}: request_id must be a string of 1 to "
