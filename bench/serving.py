@@ -22,8 +22,10 @@ concurrency, for each variant (all run at once; the idle ones wait):
             that drops rows (`create_app` has no switch for this).
   on1       as `on` with one process.
 Prints figures as ratios against baselines measured in the same run and whether
-each target is met (it never fails on a target); writes a JSON of the figures and
-a PNG of the latency distributions.
+each target is met (it never fails on a target), and each variant's server CPU
+time per request (all its processes and threads, from /proc, delivering its log
+included): where logging's cost goes apart from throughput. Writes a JSON of the
+figures and a PNG of the latency distributions.
 
   .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16]
 """
@@ -420,11 +422,24 @@ def flush_all(servers: Dict[str, Any]) -> Dict[str, bool]:
   return flushed
 
 
+def cpu_seconds(processes: List[multiprocessing.Process]) -> float:
+  """User and system CPU seconds the processes (all their threads) have used so far."""
+  ticks = 0
+  for process in processes:
+    with open(f"/proc/{process.pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    ticks += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of stat.
+  return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-  """Latency percentiles and throughput of one or more runs of the same variant."""
+  """Latency percentiles, throughput and server CPU per request of runs of the same variant."""
   latencies = list(itertools.chain.from_iterable(run["latencies"] for run in runs))
   elapsed = sum(run["elapsed"] for run in runs)
+  answered = sum(sum(run["all_statuses"].values()) for run in runs)
   return {**summarize(latencies), "rps": len(latencies) / max(elapsed, 1e-9), "seconds": elapsed,
+          "server_cpu_us_per_request": 1e6 * sum(run["cpu_seconds"] for run in runs)
+                                       / max(answered, 1),
           "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),
@@ -444,8 +459,11 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
                 + [("closed", name, args.seconds / 2, None) for name in CLOSED_LOOP_ORDER])
     for mode, name, seconds, rate in schedule:
       flush_all(servers)
+      cpu_before = cpu_seconds(servers[name]["processes"])
       result = run_load(connection, f"{mode} loop, {name}", port=servers[name]["port"],
                         bodies=bodies, concurrency=args.concurrency, seconds=seconds, rate=rate)
+      flush_all(servers)  # The CPU of delivering this run's log counts too.
+      result["cpu_seconds"] = cpu_seconds(servers[name]["processes"]) - cpu_before
       servers[name]["statuses"].update(result["all_statuses"])
       raw[mode][name].append(result)
     flushed = flush_all(servers)
@@ -533,6 +551,10 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
   print(f"  rounds of the same variant differ by up to {serving['closed_round_spread']:.0%} of its "
         "req/s: smaller throughput differences are within this machine's noise")
   closed = serving["closed"]
+  cpu = {name: f["server_cpu_us_per_request"] for name, f in closed.items()}
+  print("  closed loop, server CPU per request (all its processes and threads, log delivery "
+        "included): " + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
+        + f"; logging's part of on's: {(cpu['on'] - cpu['none']) / cpu['on']:.0%}")
   print("  closed-loop ratios: " + ", ".join(
       f"{a}/{b} {closed[a]['rps'] / closed[b]['rps']:.2f}"
       for a, b in (("on", "baseline"), ("on1", "baseline"), ("on", "on1"), ("on", "none"))))

@@ -69,10 +69,10 @@ def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> 
 
 
 def _finite_floats(values: list) -> bool:
-  """Whether `values` are floats within the float32 range, checked in C loops."""
-  # A NaN or an infinity makes the sum NaN or infinite; finite float32 values cannot.
-  return (set(map(type, values)) == {float} and math.isfinite(sum(values))
-          and min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE)
+  """Whether `values` are floats within the float32 range, checked in C loops; False may
+  also mean values too large to sum, which the caller then checks one by one."""
+  # The sum of absolute values is at least each of them, and NaN if one is NaN.
+  return set(map(type, values)) == {float} and sum(map(abs, values)) <= MAX_ABS_VALUE
 
 
 def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
@@ -136,7 +136,11 @@ class Prediction:
     Raises:
       ValueError: The row is malformed; the message names the request and the field.
     """
-    return cls(**_fields(row, PREDICTION_COLUMNS))
+    checked = _checked_prediction(**_fields(row, PREDICTION_COLUMNS))
+    # What __init__ and __post_init__ would set, without a frozen setattr per field.
+    record = object.__new__(cls)
+    record.__dict__.update(zip(PREDICTION_COLUMNS, checked))
+    return record
 
   def to_row(self) -> Dict[str, Any]:
     """The row of a log message, JSON-serialisable."""

@@ -51,6 +51,27 @@ def test_a_record_a_warehouse_cannot_store_is_refused_with_its_reason(change, pr
     records.Prediction(**{**PREDICTION.to_row(), **change})
 
 
+@pytest.mark.parametrize("observation, stored", [
+    ([3e38, 3e38, -3e38], (3e38, 3e38, -3e38)),  # Each within float32, their sum beyond.
+    ([1, 2.5], (1.0, 2.5)),
+    ([1.0, float("nan")], None), ([1.0, float("inf")], None), ([1.0, -3.5e38], None),
+    ([True, 1.0], None), (["1.0"], None), ([], None),
+])
+def test_every_way_to_build_a_prediction_checks_its_observation_alike(observation, stored):
+  row = {**PREDICTION.to_row(), "observation": observation}
+  builders = (records.Prediction.from_row, lambda row: records.Prediction(**row),
+              records.prediction_values)
+  if stored is None:
+    for build in builders:
+      with pytest.raises(ValueError, match="observation must be a non-empty list of finite"):
+        build(row)
+    return
+  record = records.Prediction.from_row(row)
+  assert record == records.Prediction(**row) and record.observation == stored
+  assert records.prediction_values(row) == record.values()
+  assert type(record.observation[0]) is float  # pylint: disable=unidiomatic-typecheck
+
+
 def test_feedback_rewards_must_be_finite():
   with pytest.raises(ValueError, match="request_id 'r1': reward must be a finite number"):
     records.Feedback(request_id="r1", event_time=1.0, reward=float("inf"))

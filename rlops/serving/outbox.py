@@ -142,7 +142,8 @@ class OutboxLogger:
       OSError: The outbox cannot be written; nothing of `rows` is in it.
     """
     predictions = _predictions(rows)
-    lines = [orjson.dumps(prediction) + b"\n" for prediction in predictions]
+    lines = [orjson.dumps(prediction, option=orjson.OPT_APPEND_NEWLINE)
+             for prediction in predictions]
     data = b"".join(lines)
     with self._cond:
       try:
