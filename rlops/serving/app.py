@@ -222,6 +222,15 @@ class PredictHandler:
     """The answer to a body found larger than the limit while it is read."""
     return self.predictor.refused(413, f"the body must be at most {self.max_body_bytes} bytes")
 
+  def predict(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    """The predictor's answer to a whole body; an unexpected failure is logged and answered
+    500 with a JSON error, and the connection stays usable."""
+    try:
+      return self.predictor.predict(body)
+    except Exception:  # pylint: disable=broad-except
+      absl.logging.exception("the predict route failed")
+      return 500, {"error": "internal error"}
+
 
 class PredictRoute:
   """ASGI middleware answering POST `handler.path`; other requests go to `app`."""
@@ -258,7 +267,7 @@ class PredictRoute:
         return handler.too_large()
       chunks.append(chunk)
       more = message.get("more_body", False)
-    return handler.predictor.predict(b"".join(chunks))
+    return handler.predict(b"".join(chunks))
 
 
 def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,

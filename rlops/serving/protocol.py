@@ -14,7 +14,6 @@ This module imports neither the app nor TensorFlow: the handler comes with the a
 import functools
 from typing import Any, Dict, Optional, Tuple
 
-import absl.logging
 import orjson
 from uvicorn.protocols.http import httptools_impl
 
@@ -76,7 +75,7 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
       return
     body = b"".join(self._chunks)
     self._chunks = None
-    status, answer = self._refusal or self._predict(body)
+    status, answer = self._refusal or self._handler.predict(body)
     self._refusal = None
     content = orjson.dumps(answer)
     self.transport.write(b"".join([
@@ -84,10 +83,3 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
         *[name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers],
         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(content), content]))
     self.on_response_complete()
-
-  def _predict(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
-    try:
-      return self._handler.predictor.predict(body)
-    except Exception:  # pylint: disable=broad-except
-      absl.logging.exception("the predict route failed")
-      return 500, {"error": "internal error"}

@@ -107,3 +107,32 @@ def test_pipelined_and_split_requests_are_answered_in_order(tmp_path, serving, m
   assert [answers[i][1]["predictions"][0]["request_id"] for i in (0, 2, 4, 5)] == ids
   assert answers[1][1]["requests"] == 1  # /stats answered after the first prediction only.
   assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == sorted(ids)
+
+
+def test_an_unexpected_failure_is_a_json_500_on_both_paths_and_the_connection_stays(
+    tmp_path, serving, make_app, monkeypatch):
+  observations = testing.small_model().observe(np.arange(2))
+  app = make_app()
+  predictor = app.state.predict_handler.predictor
+  predict = predictor.predict
+
+  def failing_on_request(body: bytes):
+    if b"fail-" in body:
+      raise RuntimeError("injected failure")
+    return predict(body)
+
+  monkeypatch.setattr(predictor, "predict", failing_on_request)
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      sock.sendall(_request(_body(observations[:1], ["fail-parser"]))
+                   + _request(_body(observations[1:2], ["after-failure"])))
+      answers = _responses(sock, 2)
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      sock.sendall(_request(_body(observations[:1], ["fail-asgi"]), version="1.0"))
+      answers += _responses(sock, 1)
+    assert app.state.logger.flush(timeout=30.0)
+  assert [status for status, _ in answers] == [500, 200, 500]
+  assert answers[0][1] == answers[2][1] == {"error": "internal error"}
+  assert answers[1][1]["predictions"][0]["request_id"] == "after-failure"
+  assert list(logged_predictions(tmp_path / "warehouse.sqlite")) == ["after-failure"]
