@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/policy_quality.py
 	$(PY) bench/pipeline_cost.py
 	$(PY) bench/serving.py
+	$(PY) bench/warehouse_inserts.py
 	$(PY) bench/learning_loop.py
 
 lock: setup
