@@ -150,8 +150,8 @@ class Prediction:
 
   def values(self) -> tuple:
     """The values in PREDICTION_COLUMNS order, the observation as JSON text (SQLite's form)."""
-    return _stored((self.request_id, self.event_time, self.observation, self.action,
-                    self.propensity, self.model_version, self.source))
+    return (self.request_id, self.event_time, orjson.dumps(self.observation).decode(),
+            self.action, self.propensity, self.model_version, self.source)
 
 
 def _checked_prediction(request_id, event_time, observation, action, propensity, model_version,
@@ -178,10 +178,6 @@ def _checked_prediction(request_id, event_time, observation, action, propensity,
   return (request_id, event_time, observation, int(action), propensity, model_version, source)
 
 
-def _stored(fields: tuple) -> tuple:
-  return fields[:2] + (orjson.dumps(fields[2]).decode(),) + fields[3:]
-
-
 def row_of(value: Any) -> Dict[str, Any]:
   """The row of a record; as `default` of `json.dumps`, messages holding records encode.
 
@@ -194,13 +190,12 @@ def row_of(value: Any) -> Dict[str, Any]:
 
 
 def prediction_values(row: Mapping[str, Any]) -> tuple:
-  """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text);
-  the same checks as `Prediction.from_row(row).values()` without building the record.
+  """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text).
 
   Raises:
     ValueError: The row is malformed; the message names the request and the field.
   """
-  return _stored(_checked_prediction(**_fields(row, PREDICTION_COLUMNS)))
+  return Prediction.from_row(row).values()
 
 
 @dataclasses.dataclass(frozen=True)

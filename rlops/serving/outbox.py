@@ -193,11 +193,8 @@ class OutboxLogger:
   def _batch_in_memory(self) -> Optional[Tuple[List[records.Prediction], int]]:
     """(records, end offset) of the next batch if it starts with a row held in memory."""
     with self._cond:
-      in_memory = self._in_memory
-      while in_memory and in_memory[0][0] < self._offset:  # Delivered as read from the file.
-        in_memory.popleft()
       position, batch = self._offset, []
-      for start, end, prediction in in_memory:
+      for start, end, prediction in self._in_memory:
         if start != position or len(batch) == self._batch_rows:
           break
         batch.append(prediction)
