@@ -11,7 +11,7 @@ import math
 import numbers
 import os
 import time
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -45,24 +45,40 @@ def _problem(request_id: Any, problem: str) -> ValueError:
   return ValueError(f"request_id {request_id!r}: {problem}")
 
 
-def _text(request_id: Any, name: str, value: Any) -> str:
-  if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii():
-    return value  # The common case, without encoding it.
+def text_problem(value: Any) -> Optional[str]:
+  """Why `value` cannot be stored as an id, a model version or a source; None if it can."""
+  if _plain_text(value):
+    return None  # The common case, without encoding it.
   if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
-    raise _problem(request_id, f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters, "
-                               f"got {value!r:.100}")
+    return f"must be a string of 1 to {MAX_ID_LENGTH} characters"
   try:
     value.encode("utf-8")
   except UnicodeEncodeError as error:
-    raise _problem(request_id, f"{name} is not valid Unicode ({error.reason})") from error
+    return f"is not valid Unicode ({error.reason})"
+  return None
+
+
+def _text(request_id: Any, name: str, value: Any) -> str:
+  problem = text_problem(value)
+  if problem:
+    raise _problem(request_id, f"{name} {problem}, got {value!r:.100}")
   return value
+
+
+def _real_within(value: Any, low: float, high: float) -> bool:
+  """Whether `value` is a real number (not a bool), finite and in [low, high]."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return False
+  try:
+    return math.isfinite(value) and low <= value <= high
+  except OverflowError:  # An integer beyond float64.
+    return False
 
 
 def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> float:
   if type(value) is float and low <= value <= high:  # The common case, without the ABC check.
     return value
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-      math.isfinite(value) and low <= value <= high):
+  if not _real_within(value, low, high):
     raise _problem(request_id, f"{name} must be a finite number in [{low:g}, {high:g}], "
                                f"got {value!r:.100}")
   return float(value)
@@ -81,8 +97,7 @@ def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
   if isinstance(value, list) and value and _finite_floats(value):
     return tuple(value)  # The common case, without the numbers ABC's slow isinstance.
   if not isinstance(value, (list, tuple)) or not value or not all(
-      isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-      and abs(x) <= MAX_ABS_VALUE for x in value):
+      _real_within(x, -MAX_ABS_VALUE, MAX_ABS_VALUE) for x in value):
     raise _problem(request_id, "observation must be a non-empty list of finite float32 numbers, "
                                f"got {value!r:.100}")
   return tuple(float(x) for x in value)
@@ -189,12 +204,31 @@ def row_of(value: Any) -> Dict[str, Any]:
   raise TypeError(f"{type(value).__name__} is not a record")
 
 
+def _plain_text(value: Any) -> bool:
+  """An ASCII string `text_problem` accepts, decided without encoding it."""
+  return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii()
+
+
 def prediction_values(row: Mapping[str, Any]) -> tuple:
   """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text).
+
+  A row of plain values (ASCII ids, float times and propensities, a list of floats)
+  is checked in one expression, the Logger's common case; any other row is checked
+  field by field by `Prediction.from_row`, which accepts the same rows.
 
   Raises:
     ValueError: The row is malformed; the message names the request and the field.
   """
+  if type(row) is dict and row.keys() == _COLUMN_SETS[PREDICTION_COLUMNS]:
+    observation, action, propensity = row["observation"], row["action"], row["propensity"]
+    event_time = row["event_time"]
+    if (_plain_text(row["request_id"]) and _plain_text(row["model_version"])
+        and _plain_text(row["source"]) and type(event_time) is float
+        and 0.0 <= event_time <= MAX_EVENT_TIME and type(observation) is list and observation
+        and _finite_floats(observation) and type(action) is int and 0 <= action <= MAX_ACTION
+        and type(propensity) is float and 0.0 < propensity <= 1.0):
+      return (row["request_id"], event_time, orjson.dumps(observation).decode(), action,
+              propensity, row["model_version"], row["source"])
   return Prediction.from_row(row).values()
 
 

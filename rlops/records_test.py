@@ -40,6 +40,7 @@ def test_new_request_ids_are_uuid7_in_creation_order():
     ({"request_id": "x" * 129}, "request_id must be a string of 1 to 128"),
     ({"event_time": -1.0}, "event_time must be a finite number"),
     ({"event_time": float("nan")}, "event_time must be a finite number"),
+    ({"event_time": 10**400}, "event_time must be a finite number"),  # Beyond float64.
     ({"observation": (1.0, 3.5e38)}, "observation must be"),
     ({"action": -1}, "action must be an integer"),
     ({"propensity": 1.5}, "propensity must be a finite number in \\[0, 1\\]"),
@@ -55,7 +56,7 @@ def test_a_record_a_warehouse_cannot_store_is_refused_with_its_reason(change, pr
     ([3e38, 3e38, -3e38], (3e38, 3e38, -3e38)),  # Each within float32, their sum beyond.
     ([1, 2.5], (1.0, 2.5)),
     ([1.0, float("nan")], None), ([1.0, float("inf")], None), ([1.0, -3.5e38], None),
-    ([True, 1.0], None), (["1.0"], None), ([], None),
+    ([True, 1.0], None), (["1.0"], None), ([], None), ([1.0, 10**400], None),
 ])
 def test_every_way_to_build_a_prediction_checks_its_observation_alike(observation, stored):
   row = {**PREDICTION.to_row(), "observation": observation}
@@ -75,5 +76,7 @@ def test_every_way_to_build_a_prediction_checks_its_observation_alike(observatio
 def test_feedback_rewards_must_be_finite():
   with pytest.raises(ValueError, match="request_id 'r1': reward must be a finite number"):
     records.Feedback(request_id="r1", event_time=1.0, reward=float("inf"))
+  with pytest.raises(ValueError, match="reward must be a finite number"):  # Not OverflowError.
+    records.Feedback(request_id="r1", event_time=1.0, reward=10**400)
   with pytest.raises(ValueError, match="missing field.*reward.*unknown field.*rating"):
     records.Feedback.from_row({"request_id": "r1", "event_time": 1.0, "rating": 4.0})

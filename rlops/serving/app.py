@@ -19,7 +19,7 @@ a concurrent request is serving it.
 import contextlib
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import absl.logging
 import fastapi
@@ -30,7 +30,7 @@ from prometheus_client import metrics_core as prometheus_metrics
 from fastapi import openapi as fastapi_openapi
 from fastapi import responses
 
-from rlops import log_sinks
+from rlops import log_sinks, records
 from rlops.serving import outbox, parsing, recent, watcher
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -44,7 +44,7 @@ _INSTANCE_SCHEMA = {
         "observation": {"type": "array", "items": {"type": "number"},
                         "description": "The user's context: rank_k finite numbers."},
         "request_id": {"type": "string", "minLength": 1,
-                       "maxLength": parsing.MAX_REQUEST_ID_LENGTH,
+                       "maxLength": records.MAX_ID_LENGTH,
                        "description": "Joins the prediction to its feedback; a UUIDv7 in hex if "
                                       "absent. Reusing one answers its first prediction again."},
     },
@@ -100,8 +100,28 @@ def predict_openapi(max_instances: int, rank_k: Optional[int]) -> Dict[str, Any]
   }
 
 
+Answer = Tuple[int, Dict[str, Any]]  # (status, JSON body)
+
+
+class Pending:
+  """A request predicted and not answered yet: its new rows wait to be appended."""
+  __slots__ = ("keys", "new", "predictions", "rows")
+
+  def __init__(self, predictions: List[Optional[Dict[str, Any]]], new: List[int],
+               keys: List[bytes], rows: List[Dict[str, Any]]):
+    self.predictions = predictions  # Per instance; None where a new row answers it.
+    self.new = new  # The instances of `rows`.
+    self.keys = keys  # Per instance, `recent.observation_key`.
+    self.rows = rows
+
+
 class Predictor:
-  """The predict route's work on a whole body: parse, act, log, answer. No I/O but the outbox."""
+  """The predict route's work on a whole body: parse, act, log, answer. No I/O but the outbox.
+
+  `begin` predicts a request, `commit` appends the rows of any number of them to the outbox
+  in one write and answers them: `protocol.PredictProtocol` commits the requests of an
+  event-loop iteration together, `PredictHandler.predict` one request alone.
+  """
 
   def __init__(self, models: watcher.ModelWatcher, logger: outbox.OutboxLogger,
                served: recent.RecentPredictions, rng: np.random.Generator, max_instances: int):
@@ -113,14 +133,15 @@ class Predictor:
     self.stats = {"requests": 0, "bad_requests": 0, "predictions": 0, "repeated": 0,
                   "conflicts": 0, "log_unavailable": 0}
 
-  def refused(self, status: int, reason: str) -> Tuple[int, Dict[str, Any]]:
+  def refused(self, status: int, reason: str) -> Answer:
     """Counts a request refused before its body is read."""
     self.stats["requests"] += 1
     self.stats["bad_requests"] += 1
     return status, {"error": reason}
 
-  def predict(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
-    """(status, JSON body) of the answer to a request body."""
+  def begin(self, body: bytes) -> Union[Answer, Pending]:
+    """The answer to a request body that needs no new row (refused, or served before);
+    else the request predicted, its new request ids reserved, and its rows to append."""
     stats = self.stats
     stats["requests"] += 1
     model = self._models.current
@@ -138,59 +159,83 @@ class Predictor:
       stats["bad_requests"] += 1
       return 400, {"error": str(error)}
     new = [index for index, prediction in enumerate(predictions) if prediction is None]
-    if new:
-      try:
-        rows = self._act_and_log(model,
-                                 observations if len(new) == len(sent) else observations[new],
-                                 [sent[index] for index in new],
-                                 [request_ids[index] for index in new])
-      except ValueError as error:  # Not storable: the warehouse would reject it.
-        stats["bad_requests"] += 1
-        return 400, {"error": str(error)}
-      except OSError as error:
-        stats["log_unavailable"] += 1
-        absl.logging.log_every_n_seconds(absl.logging.ERROR, "cannot write the outbox: %s",
-                                         LOG_ERROR_EVERY_SECONDS, error)
-        return 503, {"error": f"the prediction log cannot be written ({error}); "
-                              "nothing was predicted, retry later"}
-      for index, row in zip(new, rows):
+    stats["repeated"] += len(predictions) - len(new)
+    if not new:
+      return 200, {"predictions": predictions}
+    new_ids = [request_ids[index] for index in new]
+    try:
+      rows = self._act(model, observations if len(new) == len(sent) else observations[new],
+                       [sent[index] for index in new], new_ids)
+    except BaseException as error:
+      self._release(new_ids)
+      if not isinstance(error, ValueError):
+        raise
+      stats["bad_requests"] += 1
+      return 400, {"error": str(error)}
+    return Pending(predictions, new, keys, rows)
+
+  def commit(self, pending: List[Pending]) -> List[Answer]:
+    """Appends the rows of `pending` to the outbox in one write; the answer to each request.
+
+    The rows are in the outbox before any answer is given. If they cannot be written,
+    each request gets 503 and its request ids are released.
+    """
+    stats = self.stats
+    try:
+      self._logger.append([row for request in pending for row in request.rows])
+    except BaseException as error:
+      self._release([row["request_id"] for request in pending for row in request.rows])
+      if not isinstance(error, OSError):
+        raise
+      stats["log_unavailable"] += len(pending)
+      absl.logging.log_every_n_seconds(absl.logging.ERROR, "cannot write the outbox: %s",
+                                       LOG_ERROR_EVERY_SECONDS, error)
+      return [(503, {"error": f"the prediction log cannot be written ({error}); "
+                              "nothing was predicted, retry later"})] * len(pending)
+    answers = []
+    for request in pending:
+      predictions = request.predictions
+      for index, row in zip(request.new, request.rows):
         predictions[index] = {"action": row["action"], "propensity": row["propensity"],
                               "request_id": row["request_id"],
                               "model_version": row["model_version"]}
-        self._served.fill(keys[index], predictions[index])
-      stats["predictions"] += len(new)
-    stats["repeated"] += len(predictions) - len(new)
-    return 200, {"predictions": predictions}
+        self._served.fill(request.keys[index], predictions[index])
+      stats["predictions"] += len(request.rows)
+      answers.append((200, {"predictions": predictions}))
+    return answers
 
-  def _act(self, model, observations: np.ndarray, sent: List[list],
+  def _release(self, request_ids: List[str]) -> None:
+    for request_id in request_ids:
+      self._served.release(request_id)
+
+  def _act(self, model, observations: np.ndarray, sent: List[List[float]],
            request_ids: List[str]) -> List[Dict[str, Any]]:
-    """The prediction rows to log for new requests."""
+    """The prediction rows of new requests, storable as they are: `parsing` checked what
+    the request brings, the model's version was checked as it loaded, and its
+    propensities are checked here.
+
+    Raises:
+      ValueError: A propensity outside (0, 1].
+    """
     actions, propensities = model.act(observations, self._rng)
+    propensities = propensities.tolist()
+    if not all(0.0 < propensity <= 1.0 for propensity in propensities):
+      raise ValueError(f"the model gave propensities {propensities!r:.200}, not all in (0, 1]")
     now = time.time()
     return [{"request_id": request_id, "event_time": now, "observation": observation,
-             "action": int(action), "propensity": float(propensity),
-             "model_version": model.version, "source": "endpoint"}
+             "action": action, "propensity": propensity, "model_version": model.version,
+             "source": "endpoint"}
             for request_id, observation, action, propensity
-            in zip(request_ids, sent, actions.tolist(), propensities.tolist())]
-
-  def _act_and_log(self, model, observations: np.ndarray, sent: List[list],
-                   request_ids: List[str]) -> List[Dict[str, Any]]:
-    """The rows of new requests, appended to the outbox; if not, their ids are released."""
-    try:
-      rows = self._act(model, observations, sent, request_ids)
-      self._logger.append(rows)
-    except BaseException:
-      for request_id in request_ids:
-        self._served.release(request_id)
-      raise
-    return rows
+            in zip(request_ids, sent, actions.tolist(), propensities)]
 
 
 class PredictHandler:
   """The predict route's HTTP rules around `predictor`: method, content type, body size.
 
   Used by `PredictRoute` (the ASGI path) and by `protocol.PredictProtocol`, which
-  answers the route in uvicorn's parser callbacks; both give the same answers.
+  answers the route in uvicorn's parser callbacks; both give the same answers. An
+  unexpected failure of the predictor is logged and answered 500 with a JSON error,
+  and the connection stays usable.
   """
 
   def __init__(self, path: str, predictor: Predictor, max_body_bytes: int):
@@ -199,7 +244,7 @@ class PredictHandler:
     self.max_body_bytes = max_body_bytes
 
   def refusal(self, method: str,
-              headers: Iterable[Tuple[bytes, bytes]]) -> Optional[Tuple[int, Dict[str, Any]]]:
+              headers: Iterable[Tuple[bytes, bytes]]) -> Optional[Answer]:
     """The answer to a request refused before its body is read; None: read the body."""
     predictor = self.predictor
     if method != "POST":
@@ -218,18 +263,33 @@ class PredictHandler:
       return self.too_large()
     return None
 
-  def too_large(self) -> Tuple[int, Dict[str, Any]]:
+  def too_large(self) -> Answer:
     """The answer to a body found larger than the limit while it is read."""
     return self.predictor.refused(413, f"the body must be at most {self.max_body_bytes} bytes")
 
-  def predict(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
-    """The predictor's answer to a whole body; an unexpected failure is logged and answered
-    500 with a JSON error, and the connection stays usable."""
+  def predict(self, body: bytes) -> Answer:
+    """The answer to a whole body, its rows appended on their own."""
+    outcome = self.begin(body)
+    return self.commit([outcome])[0] if isinstance(outcome, Pending) else outcome
+
+  def begin(self, body: bytes) -> Union[Answer, Pending]:
+    """`Predictor.begin` of a whole body."""
     try:
-      return self.predictor.predict(body)
+      return self.predictor.begin(body)
     except Exception:  # pylint: disable=broad-except
-      absl.logging.exception("the predict route failed")
-      return 500, {"error": "internal error"}
+      return self._failed(1)[0]
+
+  def commit(self, pending: List[Pending]) -> List[Answer]:
+    """`Predictor.commit` of requests begun."""
+    try:
+      return self.predictor.commit(pending)
+    except Exception:  # pylint: disable=broad-except
+      return self._failed(len(pending))
+
+  @staticmethod
+  def _failed(requests: int) -> List[Answer]:
+    absl.logging.exception("the predict route failed")
+    return [(500, {"error": "internal error"})] * requests
 
 
 class PredictRoute:
@@ -250,7 +310,7 @@ class PredictRoute:
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
-  async def _answer(self, scope, receive) -> Tuple[int, Dict[str, Any]]:
+  async def _answer(self, scope, receive) -> Answer:
     handler = self._handler
     refusal = handler.refusal(scope["method"], scope["headers"])
     if refusal:

@@ -1,11 +1,12 @@
 """Durable, asynchronous prediction logging: a JSONL outbox, a delivery thread, dead letters.
 
-A sink raises ValueError for a message it rejects for good (a row the warehouse
-cannot store) and anything else for a failure worth retrying (OSError, HTTP 5xx,
-a busy SQLite warehouse). Retryable failures are retried with backoff; a
-rejected batch is delivered again one row at a time, and each row rejected on
-its own is set aside in the dead-letter file, so one poison row never stops the
-others. `replay_dead_letters` sends the set-aside rows again once fixed.
+The sink checks the rows as the Logger does: it raises ValueError for a message
+it rejects for good (a row the warehouse cannot store) and anything else for a
+failure worth retrying (OSError, HTTP 5xx, a busy SQLite warehouse). Retryable
+failures are retried with backoff; a rejected batch is delivered again one row
+at a time, and each row rejected on its own is set aside in the dead-letter
+file, so one poison row never stops the others. `replay_dead_letters` sends the
+set-aside rows again once fixed.
 """
 import collections
 import json
@@ -13,7 +14,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import absl.logging
 import orjson
@@ -21,8 +22,8 @@ import orjson
 from rlops import log_sinks, records, warehouse
 
 DEFAULT_COMPACT_BYTES = 64 << 20
-# Rows appended and not yet delivered that the delivery thread takes from memory, as the
-# checked records they were appended as; beyond these, it reads and parses the outbox file.
+# Rows appended and not yet delivered that the delivery thread takes from memory, as they
+# were appended; beyond these, it reads and parses the outbox file.
 MAX_ROWS_IN_MEMORY = 10_000
 MAX_BACKOFF_SECONDS = 5.0
 
@@ -30,16 +31,6 @@ MAX_BACKOFF_SECONDS = 5.0
 def dead_letter_path(outbox_path: str) -> str:
   """Where the outbox at `outbox_path` sets aside the rows its sink rejects."""
   return outbox_path + ".dead.jsonl"
-
-
-def _predictions(rows: Iterable[warehouse.Row]) -> List[records.Prediction]:
-  """Rows as records, checked exactly as the warehouse will store them.
-
-  Raises:
-    ValueError: A row the warehouse would reject; the message names its request_id.
-  """
-  return [row if isinstance(row, records.Prediction) else records.Prediction.from_row(row)
-          for row in rows]
 
 
 def _loads(line: bytes) -> Any:
@@ -60,12 +51,12 @@ def _count_lines(path: str) -> int:
 class OutboxLogger:
   """Prediction rows appended to a JSONL outbox and delivered to a sink by a thread.
 
-  `append` checks rows and writes them under a lock (the request path). The
-  delivery thread sends the rows after the last delivered byte offset, which it
-  persists in `<outbox>.offset`, in batches of up to `batch_rows` rows or
-  `batch_seconds`: delivery is at least once and resumes after a restart. Rows
-  appended by this process are sent as the checked records they were appended as
-  (up to MAX_ROWS_IN_MEMORY of them), the others as read back from the file. When
+  `append` writes rows under a lock (the request path). The delivery thread sends
+  the rows after the last delivered byte offset, which it persists in
+  `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
+  delivery is at least once and resumes after a restart. Rows appended by this
+  process are sent as they were appended (up to MAX_ROWS_IN_MEMORY of them), the
+  others as read back from the file. When
   everything is delivered and the outbox exceeds `compact_bytes`, it is truncated.
 
   Args:
@@ -96,7 +87,7 @@ class OutboxLogger:
     self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
     self._end, self._offset, self._written = self._recover()
     self._delivered = 0
-    self._in_memory: collections.deque = collections.deque()  # (start, end, record) per row.
+    self._in_memory: collections.deque = collections.deque()  # (start, end, row) per row.
     self.failures = 0
     self.dead_letters = _count_lines(self.dead_letter_path)
     self._reader = open(outbox_path, "rb")  # noqa: SIM115 (lives with the logger)
@@ -134,16 +125,15 @@ class OutboxLogger:
       f.write(str(offset))
     os.replace(temporary, self._offset_path)
 
-  def append(self, rows: Iterable[warehouse.Row]) -> None:
-    """Writes rows to the outbox; they survive a crash of this process when this returns.
+  def append(self, rows: List[Dict[str, Any]]) -> None:
+    """Writes prediction rows to the outbox in one write; they survive a crash of this process
+    when this returns. Rows are written as they are: the sink checks them as it delivers
+    and a row it rejects is set aside, so the caller appends only rows it checked.
 
     Raises:
-      ValueError: A row the warehouse would reject; nothing is written.
       OSError: The outbox cannot be written; nothing of `rows` is in it.
     """
-    predictions = _predictions(rows)
-    lines = [orjson.dumps(prediction, option=orjson.OPT_APPEND_NEWLINE)
-             for prediction in predictions]
+    lines = [orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]
     data = b"".join(lines)
     with self._cond:
       try:
@@ -154,15 +144,15 @@ class OutboxLogger:
         raise
       if len(self._in_memory) < MAX_ROWS_IN_MEMORY:
         start = self._end
-        for prediction, line in zip(predictions, lines):
-          self._in_memory.append((start, start + len(line), prediction))
+        for row, line in zip(rows, lines):
+          self._in_memory.append((start, start + len(line), row))
           start += len(line)
       self._end += len(data)
       pending = self._written - self._delivered
-      self._written += len(predictions)
+      self._written += len(rows)
       # Wake the delivery thread only where it waits: for a first row, or for a full batch.
       # A wake-up per request would cost a thread switch each.
-      if pending == 0 or pending < self._batch_rows <= pending + len(predictions):
+      if pending == 0 or pending < self._batch_rows <= pending + len(rows):
         self._cond.notify_all()
 
   @property
@@ -190,14 +180,14 @@ class OutboxLogger:
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
 
-  def _batch_in_memory(self) -> Optional[Tuple[List[records.Prediction], int]]:
-    """(records, end offset) of the next batch if it starts with a row held in memory."""
+  def _batch_in_memory(self) -> Optional[Tuple[List[Dict[str, Any]], int]]:
+    """(rows, end offset) of the next batch if it starts with a row held in memory."""
     with self._cond:
       position, batch = self._offset, []
-      for start, end, prediction in self._in_memory:
+      for start, end, row in self._in_memory:
         if start != position or len(batch) == self._batch_rows:
           break
-        batch.append(prediction)
+        batch.append(row)
         position = end
     return (batch, position) if batch else None
 

@@ -3,9 +3,8 @@ import json
 import sqlite3
 import time
 
-import pytest
 
-from rlops import log_sinks, records
+from rlops import log_sinks
 from rlops.serving import outbox
 
 
@@ -64,30 +63,31 @@ class _RecordingSink:
 
 
 class _SwitchedSink:
-  """Records each delivered row, and whether it came as a record or as a row read back;
-  fails while `down`."""
+  """Records each delivered row, and whether it came as the very object appended (held in
+  memory) or as read back from the file; fails while `down`."""
 
-  def __init__(self):
+  def __init__(self, appended):
     self.down = True
     self.attempts = 0
     self.delivered = []
+    self._appended = {id(row) for row in appended}  # The caller keeps the rows alive.
 
   def deliver(self, message):
     self.attempts += 1
     if self.down:
       raise OSError("warehouse unreachable")
-    self.delivered.extend((row.request_id, "record") if isinstance(row, records.Prediction)
-                          else (row["request_id"], "read back") for row in message["predictions"])
+    self.delivered.extend((row["request_id"], "in memory" if id(row) in self._appended
+                           else "read back") for row in message["predictions"])
 
 
 def test_rows_beyond_those_held_in_memory_are_read_back_from_the_file(tmp_path, monkeypatch):
   monkeypatch.setattr(outbox, "MAX_ROWS_IN_MEMORY", 7)
-  sink = _SwitchedSink()
+  rows = _rows("r", 26)
+  sink = _SwitchedSink(rows)
   logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_rows=5,
                                batch_seconds=0.01)
   logger.start()
   try:
-    rows = _rows("r", 26)
     for start in range(0, 18, 3):  # While the sink is down, 9 rows fit in memory.
       logger.append(rows[start:start + 3])
     logger.append(rows[18:20])
@@ -100,9 +100,9 @@ def test_rows_beyond_those_held_in_memory_are_read_back_from_the_file(tmp_path, 
     assert logger.flush(timeout=30.0)
   finally:
     logger.close()
-  assert sink.delivered == [(row["request_id"], "record") for row in rows[:9]] + [
+  assert sink.delivered == [(row["request_id"], "in memory") for row in rows[:9]] + [
       (row["request_id"], "read back") for row in rows[9:20]] + [
-      (row["request_id"], "record") for row in rows[20:]]
+      (row["request_id"], "in memory") for row in rows[20:]]
   assert logger.failures >= 1 and logger.pending == 0
 
 
@@ -118,31 +118,33 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
   logger.start()
   try:
     assert logger.flush(timeout=30.0)
-    with pytest.raises(ValueError, match="must be a finite number"):
-      logger.append([{**_rows("bad", 1)[0], "event_time": float("inf")}])
-    logger.append(_rows("c", 5))
+    # Appended as it is, among good rows: the sink refuses it alone.
+    logger.append([*_rows("c", 2), {**_rows("late", 1)[0], "event_time": float("inf")},
+                   *_rows("c", 5)[2:]])
     assert logger.flush(timeout=30.0)
-    assert logger.failures == 2 and logger.dead_letters == 3 and logger.pending == 0
+    assert logger.failures == 2 and logger.dead_letters == 4 and logger.pending == 0
   finally:
     logger.close()
   assert _stored(warehouse) == sorted(row["request_id"] for prefix in "abc"
                                       for row in _rows(prefix, 5))
   with open(logger.dead_letter_path) as f:
     dead = [json.loads(line) for line in f]
-  assert [entry.get("row", {}).get("request_id") for entry in dead] == ["x\ud800", "bad0", None]
+  assert [entry.get("row", {}).get("request_id") for entry in dead] == ["x\ud800", "bad0", None,
+                                                                        "late0"]
   assert "not valid Unicode" in dead[0]["reason"] and "propensity" in dead[1]["reason"]
   assert dead[2]["line"] == '{"request_id": \n' and "not JSON" in dead[2]["reason"]
+  assert "event_time must be a finite number" in dead[3]["reason"]
   restarted = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink)
   restarted.close()
-  assert restarted.dead_letters == 3  # Counted across restarts.
+  assert restarted.dead_letters == 4  # Counted across restarts.
 
   # Replayed into the same warehouse, they are rejected again and kept; once the warehouse
   # (here: a recording sink) accepts them, they are delivered.
   assert outbox.replay_dead_letters(logger.dead_letter_path, sink) == {"delivered": 0,
-                                                                        "rejected": 2}
+                                                                        "rejected": 3}
   recording = _RecordingSink()
-  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {"delivered": 2,
+  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {"delivered": 3,
                                                                              "rejected": 0}
-  assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0"]
+  assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0", "late0"]
   with open(logger.dead_letter_path) as f:  # The malformed line stays for a person to read.
     assert [json.loads(line)["line"] for line in f] == ['{"request_id": \n']

@@ -2,10 +2,11 @@
 
     {"instances": [{"observation": [rank_k numbers], "request_id": "optional"}]}
 
-Every reason is a ValueError message the endpoint answers with 400.
+Every reason is a ValueError message the endpoint answers with 400. What a request
+brings into its prediction row (request_id, observation) is checked by the rules of
+`records.Prediction`, so the rows of an accepted request are storable.
 """
 import json
-import math
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -13,31 +14,27 @@ import orjson
 
 from rlops import records
 
-MAX_REQUEST_ID_LENGTH = records.MAX_ID_LENGTH
+
+_FLOAT = {float}
+_NUMBER = {int, float}  # JSON numbers; not bool, which isinstance counts as an int.
 
 
-def _is_number(value: Any) -> bool:
-  """A JSON number; not a bool, which isinstance counts as an int."""
-  return type(value) in (int, float)  # pylint: disable=unidiomatic-typecheck
-
-
-def _float32_rows(observations: List[list]) -> np.ndarray:
-  """[n, k] float32 of numeric rows; inf where a value is beyond the float range."""
-  with np.errstate(over="ignore"):
-    try:
-      return np.array(observations, np.float64).astype(np.float32)
-    except OverflowError:  # An integer beyond float64, which is beyond float32 anyway.
-      return np.array([[v if abs(v) < 1e308 else math.inf for v in row] for row in observations],
-                      np.float64).astype(np.float32)
+def _observation_rows(observations: List[List[float]]) -> Tuple[np.ndarray, np.ndarray]:
+  """([n, k] float32 of rows of floats, [n] whether each row is storable: every value finite
+  and within the float32 range, the rule of `records.Prediction`)."""
+  values = np.array(observations, np.float64)
+  storable = (np.abs(values) <= records.MAX_ABS_VALUE).all(axis=1)  # False for NaN too.
+  with np.errstate(over="ignore", invalid="ignore"):
+    return values.astype(np.float32), storable
 
 
 def _request_id(instance: Dict[str, Any], index: int) -> str:
   if "request_id" not in instance:
     return records.new_request_id()
   request_id = instance["request_id"]
-  if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH:
-    raise ValueError(f"instance {index}: request_id must be a string of 1 to "
-                     f"{MAX_REQUEST_ID_LENGTH} characters")
+  problem = records.text_problem(request_id)
+  if problem:
+    raise ValueError(f"instance {index}: request_id {problem}")
   return request_id
 
 
@@ -57,8 +54,9 @@ def _loads_for_the_reason(body: bytes) -> Any:
 
 
 def parse_instances(body: bytes, rank_k: int,
-                    max_instances: int) -> Tuple[np.ndarray, List[list], List[str]]:
-  """(observations [n, rank_k] float32, observations as sent, request ids) of a request body.
+                    max_instances: int) -> Tuple[np.ndarray, List[List[float]], List[str]]:
+  """(observations [n, rank_k] float32, the observations as sent, integers as floats, request
+  ids) of a request body.
 
   Raises:
     ValueError: The body is invalid; the message is the reason, naming the instance.
@@ -87,16 +85,21 @@ def parse_instances(body: bytes, rank_k: int,
     if len(observation) != rank_k:
       raise ValueError(f"instance {index}: observation has {len(observation)} values, "
                        f"the model takes {rank_k}")
-    if not all(_is_number(value) for value in observation):
-      raise ValueError(f"instance {index}: observation values must be numbers")
+    kinds = set(map(type, observation))
+    if kinds != _FLOAT:  # Integers are logged as floats.
+      if not kinds <= _NUMBER:
+        raise ValueError(f"instance {index}: observation values must be numbers")
+      try:
+        observation = [float(value) for value in observation]
+      except OverflowError:
+        raise ValueError(f"instance {index}: observation values must be finite float32 "
+                         "numbers") from None
     observations.append(observation)
     request_ids.append(_request_id(instance, index))
   if len(set(request_ids)) < len(request_ids):
     raise ValueError("request_ids must be unique within a request")
-  array = _float32_rows(observations)
-  finite = np.isfinite(array).all(axis=1)
-  if not finite.all():
-    index = int(np.argmin(finite))
+  array, storable = _observation_rows(observations)
+  if not storable.all():
+    index = int(np.argmin(storable))
     raise ValueError(f"instance {index}: observation values must be finite float32 numbers")
   return array, observations, request_ids
-

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from rlops import agents, exploration, model_io
+from rlops import agents, exploration, model_io, records
 from rlops.config import AgentConfig
 from rlops.serving import recent
 
@@ -58,12 +58,16 @@ def load_model(directory: str, version: Optional[str]) -> ServingModel:
 
   Raises:
     ValueError: The metadata fails the configuration's validation, or the version
-      is longer than the table of served request ids holds.
+      cannot be stored in a prediction row or is longer than the table of served
+      request ids holds.
     AssertionError: The checkpoint does not match the agent of the metadata.
   """
   agent, metadata = model_io.load_agent(directory)
   if version is None:
     version = model_io.model_version_of(metadata)
+  problem = records.text_problem(version)
+  if problem:
+    raise ValueError(f"model_version {version!r:.100} {problem}: its rows could not be stored")
   if len(version.encode()) > recent.MAX_MODEL_VERSION_BYTES:
     raise ValueError(f"model_version {version[:80]!r} is longer than "
                      f"{recent.MAX_MODEL_VERSION_BYTES} bytes")

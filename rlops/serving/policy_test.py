@@ -58,6 +58,7 @@ def _edited(trained_model: str, directory: str, **changes) -> str:
     ({"num_movies": "20"}, ValueError, "num_movies must be an integer"),
     ({"model_version": ""}, ValueError, "model_version must be a non-empty string"),
     ({"model_version": "v" * 65}, ValueError, "longer than 64 bytes"),
+    ({"model_version": "v\ud800"}, ValueError, "not valid Unicode"),  # Its rows not storable.
     ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": [8]}}, AssertionError,
      "not bound to checkpointed values"),  # Another agent's checkpoint.
 ])

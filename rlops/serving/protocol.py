@@ -2,17 +2,19 @@
 
 uvicorn runs each request as an ASGI cycle: a task, a scope, receive and send
 coroutines and the app's middleware, more work than the prediction itself.
-`PredictProtocol` answers POST <predict route> as soon as its body is complete,
+`PredictProtocol` predicts POST <predict route> as soon as its body is complete,
 inside the parser's callback, with the app's `PredictHandler`: the answers are
-those of the ASGI route. Everything else takes uvicorn's ASGI path unchanged:
-other routes and methods, a request pipelined behind one still in flight there, HTTP/1.0,
+those of the ASGI route. The requests predicted in one event-loop iteration, on
+all connections, are logged together (`GroupCommit`): one outbox write, then
+their answers. Everything else takes uvicorn's ASGI path unchanged: other routes
+and methods, a request pipelined behind one still in flight there, HTTP/1.0,
 `Connection: close`, `Expect: 100-continue`, upgrades and a client not reading
 its answers (where the `PredictRoute` middleware answers the predict route).
 
 This module imports neither the app nor TensorFlow: the handler comes with the app.
 """
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import orjson
 from uvicorn.protocols.http import httptools_impl
@@ -22,7 +24,39 @@ _CLOSE_HEADER = (b"connection", b"close")
 
 def http_protocol(app) -> Any:
   """uvicorn's `http` setting for `app`: PredictProtocol with its predict handler."""
-  return functools.partial(PredictProtocol, handler=app.state.predict_handler)
+  handler = app.state.predict_handler
+  return functools.partial(PredictProtocol, handler=handler, group=GroupCommit(handler))
+
+
+class GroupCommit:
+  """Requests predicted in the current event-loop iteration, logged and answered at its end.
+
+  The first request of an iteration schedules `commit`, which appends the rows of
+  all of them to the outbox in one write (`PredictHandler.commit`) and then
+  answers each on its connection, in the order they were predicted. A request
+  answered without a row waits here too while its connection has one waiting
+  before it, so that the connection's answers keep the order of its requests.
+  """
+
+  def __init__(self, handler):
+    self._handler = handler
+    # (connection, the request's final answer, or the handler's pending request)
+    self._waiting: List[Tuple["PredictProtocol", Any]] = []
+
+  def add(self, connection: "PredictProtocol", outcome) -> None:
+    if not self._waiting:
+      connection.loop.call_soon(self.commit)
+    self._waiting.append((connection, outcome))
+
+  def commit(self) -> None:
+    """Logs and answers the requests waiting (none: nothing to do)."""
+    waiting, self._waiting = self._waiting, []
+    if not waiting:
+      return
+    answers = iter(self._handler.commit([outcome for _, outcome in waiting
+                                         if not isinstance(outcome, tuple)]))
+    for connection, outcome in waiting:
+      connection.answer(*(outcome if isinstance(outcome, tuple) else next(answers)))
 
 
 class PredictProtocol(httptools_impl.HttpToolsProtocol):
@@ -33,13 +67,15 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
     *args, **kwargs: HttpToolsProtocol's (uvicorn passes them).
   """
 
-  def __init__(self, *args, handler, **kwargs):
+  def __init__(self, *args, handler, group: GroupCommit, **kwargs):
     super().__init__(*args, **kwargs)
     self._handler = handler
+    self._group = group
     self._path = handler.path.encode()
     self._chunks: Optional[list] = None  # The predict request being read; None: not one.
     self._size = 0
     self._refusal: Optional[Tuple[int, Dict[str, Any]]] = None
+    self._waiting = 0  # Requests of this connection waiting in the group commit.
 
   def _answers_here(self) -> bool:
     parser = self.parser
@@ -51,6 +87,8 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
 
   def on_headers_complete(self) -> None:
     if not self._answers_here():
+      if self._waiting:  # Answered first: answers go out in the order of the requests.
+        self._group.commit()
       super().on_headers_complete()
       return
     self._chunks, self._size = [], 0
@@ -75,11 +113,30 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
       return
     body = b"".join(self._chunks)
     self._chunks = None
-    status, answer = self._refusal or self._handler.predict(body)
+    outcome = self._refusal or self._handler.begin(body)
     self._refusal = None
+    if isinstance(outcome, tuple) and not self._waiting:
+      self._send(*outcome)
+    else:
+      self._waiting += 1
+      self._group.add(self, outcome)
+
+  def answer(self, status: int, answer: Dict[str, Any]) -> None:
+    """The group commit's answer to this connection's oldest waiting request."""
+    self._waiting -= 1
+    self._send(status, answer)
+
+  def _send(self, status: int, answer: Dict[str, Any]) -> None:
+    if self.transport.is_closing():
+      return
     content = orjson.dumps(answer)
     self.transport.write(b"".join([
         httptools_impl.STATUS_LINE[status],
         *[name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers],
         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(content), content]))
     self.on_response_complete()
+
+  def shutdown(self) -> None:
+    if self._waiting:  # Answered before the connection closes.
+      self._group.commit()
+    super().shutdown()

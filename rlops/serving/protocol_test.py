@@ -114,14 +114,14 @@ def test_an_unexpected_failure_is_a_json_500_on_both_paths_and_the_connection_st
   observations = testing.small_model().observe(np.arange(2))
   app = make_app()
   predictor = app.state.predict_handler.predictor
-  predict = predictor.predict
+  begin = predictor.begin
 
   def failing_on_request(body: bytes):
     if b"fail-" in body:
       raise RuntimeError("injected failure")
-    return predict(body)
+    return begin(body)
 
-  monkeypatch.setattr(predictor, "predict", failing_on_request)
+  monkeypatch.setattr(predictor, "begin", failing_on_request)
   with server.ServerThread(app) as endpoint:
     assert app.state.models.wait(30.0)
     with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
@@ -136,3 +136,34 @@ def test_an_unexpected_failure_is_a_json_500_on_both_paths_and_the_connection_st
   assert answers[0][1] == answers[2][1] == {"error": "internal error"}
   assert answers[1][1]["predictions"][0]["request_id"] == "after-failure"
   assert list(logged_predictions(tmp_path / "warehouse.sqlite")) == ["after-failure"]
+
+
+def test_requests_read_in_one_event_loop_iteration_are_logged_in_one_write(
+    tmp_path, serving, make_app, monkeypatch):
+  observations = testing.small_model().observe(np.arange(3))
+  app = make_app()
+  logger = app.state.logger
+  append = logger.append
+  writes = []
+
+  def counted_append(rows):
+    writes.append([row["request_id"] for row in rows])
+    append(rows)
+
+  monkeypatch.setattr(logger, "append", counted_append)
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      # Read at once: "a" again while its first request waits to be logged is refused (409);
+      # its answer still comes in its place.
+      sock.sendall(_request(_body(observations[:1], ["a"]))
+                   + _request(_body(observations[1:2], ["b"]))
+                   + _request(_body(observations[:1], ["a"]))
+                   + _request(_body(observations[2:3], ["c"])))
+      answers = _responses(sock, 4)
+    assert logger.flush(timeout=30.0)
+  assert [status for status, _ in answers] == [200, 200, 409, 200]
+  assert [answers[i][1]["predictions"][0]["request_id"] for i in (0, 1, 3)] == ["a", "b", "c"]
+  assert "being served by a concurrent request" in answers[2][1]["error"]
+  assert writes == [["a", "b", "c"]]
+  assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == ["a", "b", "c"]
