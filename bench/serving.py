@@ -17,7 +17,8 @@ concurrency, for each variant (all run at once; the idle ones wait):
   on        `rlops.serving` as `rlops serve --workers WORKERS` runs it: processes on one
             port (SO_REUSEPORT) sharing one table of served request ids, uvloop and
             httptools, each with its own outbox delivering with InProcessSink to one
-            temporary SQLite warehouse.
+            temporary SQLite warehouse; the requests of an event-loop iteration are logged
+            in one outbox write (group commit).
   none      as `on` without an outbox: `outbox.OutboxLogger` is replaced by a stand-in
             that drops rows (`create_app` has no switch for this).
   on1       as `on` with one process.
@@ -101,7 +102,8 @@ THROUGHPUT_LOSS_TARGET = 0.10
 VARIANTS = {
     "baseline": "rlops/server.py before the split, 1 process, uvicorn asyncio + h11, logging on",
     "on": f"rlops.serving, {WORKERS} processes sharing the served-id table, uvloop + httptools, "
-          "predict route in the parser callbacks, outbox per process, InProcessSink to SQLite",
+          "predict route in the parser callbacks, outbox per process (one write per event-loop "
+          "iteration), InProcessSink to SQLite",
     "none": "as on, no outbox (rows dropped)",
     "on1": "as on, 1 process",
 }

@@ -53,8 +53,8 @@ class GroupCommit:
     waiting, self._waiting = self._waiting, []
     if not waiting:
       return
-    answers = iter(self._handler.commit([outcome for _, outcome in waiting
-                                         if not isinstance(outcome, tuple)]))
+    pending = [outcome for _, outcome in waiting if not isinstance(outcome, tuple)]
+    answers = iter(self._handler.commit(pending) if pending else ())
     for connection, outcome in waiting:
       connection.answer(*(outcome if isinstance(outcome, tuple) else next(answers)))
 
@@ -64,6 +64,7 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
 
   Args:
     handler: The app's `PredictHandler` (HTTP rules and the predictor).
+    group: The group commit of the server's connections.
     *args, **kwargs: HttpToolsProtocol's (uvicorn passes them).
   """
 
