@@ -28,7 +28,7 @@ time per request (all its processes and threads, from /proc, delivering its log
 included): where logging's cost goes apart from throughput. Writes a JSON of the
 figures and a PNG of the latency distributions.
 
-  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16]
+  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 4]
 """
 import argparse
 import asyncio
@@ -93,8 +93,9 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 GRACE_SECONDS = 10.0  # No request starts later than this after the window.
 STARTUP_SECONDS = 600.0  # Six processes import TensorFlow at once on a shared machine.
 FLUSH_SECONDS = 60.0
-# Each variant early and late, twice: drift of the shared machine falls on all alike.
-CLOSED_LOOP_ORDER = ("baseline", "on", "none", "on1", "on1", "none", "on", "baseline") * 2
+# Each variant early and late in a block, the block repeated (--blocks): drift of the shared
+# machine falls on all alike.
+CLOSED_LOOP_BLOCK = ("baseline", "on", "none", "on1", "on1", "none", "on", "baseline")
 # Targets of the issue.
 P99_TARGET_MS = 10.0
 THROUGHPUT_GAIN_TARGET = 3.0
@@ -458,7 +459,8 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
   with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
     servers = start_servers(model_dir, workdir, stack)
     schedule = ([("open", name, args.seconds, args.rate) for name in VARIANTS]
-                + [("closed", name, args.seconds / 2, None) for name in CLOSED_LOOP_ORDER])
+                + [("closed", name, args.seconds / 2, None)
+                   for name in CLOSED_LOOP_BLOCK * args.blocks])
     for mode, name, seconds, rate in schedule:
       flush_all(servers)
       cpu_before = cpu_seconds(servers[name]["processes"])
@@ -547,7 +549,7 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
         f"p99 {act['p99_ms']:.3f} ms")
   print(f"  open loop: {args.seconds:g} s per variant; latency counts from each request's due "
         f"time.\n  closed loop: rounds of {args.seconds / 2:g} s in the order "
-        f"{', '.join(CLOSED_LOOP_ORDER)}; req/s per round: "
+        f"{', '.join(CLOSED_LOOP_BLOCK)}, {args.blocks} times; req/s per round: "
         + "; ".join(f"{name} " + ", ".join(f"{r:.0f}" for r in f["rps_per_run"])
                     for name, f in serving["closed"].items()))
   print(f"  rounds of the same variant differ by up to {serving['closed_round_spread']:.0%} of its "
@@ -557,6 +559,10 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
   print("  closed loop, server CPU per request (all its processes and threads, log delivery "
         "included): " + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
         + f"; logging's part of on's: {(cpu['on'] - cpu['none']) / cpu['on']:.0%}")
+  paired = [on / none for on, none in zip(closed["on"]["rps_per_run"],
+                                          closed["none"]["rps_per_run"])]
+  print(f"  on / none in adjacent rounds (one pair early and one late per block): median "
+        f"{np.median(paired):.2f}, {min(paired):.2f} to {max(paired):.2f}")
   print("  closed-loop ratios: " + ", ".join(
       f"{a}/{b} {closed[a]['rps'] / closed[b]['rps']:.2f}"
       for a, b in (("on", "baseline"), ("on1", "baseline"), ("on", "on1"), ("on", "none"))))
@@ -607,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open-loop requests per second (default: %(default)s)")
   parser.add_argument("--concurrency", type=int, default=16,
                       help="keep-alive connections (default: %(default)s)")
+  parser.add_argument("--blocks", type=int, default=4,
+                      help="closed-loop blocks, each a round of every variant early and one "
+                           "late (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
                       help="data and training (default: %(default)s)")
   parser.add_argument("--output-dir", type=pathlib.Path,
@@ -617,8 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   args = build_parser().parse_args(argv)
-  if not 0 < args.seconds <= 60 or args.rate <= 0 or not 1 <= args.concurrency <= 64:
-    raise SystemExit("need 0 < --seconds <= 60, --rate > 0 and 1 <= --concurrency <= 64")
+  if (not 0 < args.seconds <= 60 or args.rate <= 0 or not 1 <= args.concurrency <= 64
+      or not 1 <= args.blocks <= 10):
+    raise SystemExit("need 0 < --seconds <= 60, --rate > 0, 1 <= --concurrency <= 64 and "
+                     "1 <= --blocks <= 10")
   load_at_start = os.getloadavg()[0]
   available = sorted(os.sched_getaffinity(0))
   # Started first: its imports overlap training. Spawned, not forked, from a process using TF.
