@@ -2,8 +2,7 @@
 and where they go (Pub/Sub to the Logger function, a CloudEvent over HTTP, or in process).
 
 A message is JSON: {"predictions": [...], "feedback": [...]}, either list optional, rows as
-in `rlops.warehouse` (mappings, or records, which are checked already). Delivery is at least
-once; the warehouse de-duplicates by request_id.
+in `rlops.warehouse`. Delivery is at least once; the warehouse de-duplicates by request_id.
 """
 import base64
 import dataclasses
@@ -18,7 +17,6 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import httpx
 
-from rlops import records
 from rlops import warehouse as warehouse_lib
 
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -38,7 +36,7 @@ class LogSink(Protocol):
 
 def encode_message(message: Dict[str, Any]) -> bytes:
   """A message as the data of a Pub/Sub message: JSON in UTF-8."""
-  return json.dumps(message, default=records.row_of).encode()
+  return json.dumps(message).encode()
 
 
 def decode_pubsub_event(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -91,15 +89,14 @@ class RowLimits:
   min_reward: float = -100.0
   max_reward: float = 100.0
 
-  def prediction_problem(self, row: warehouse_lib.Row) -> Optional[str]:
+  def prediction_problem(self, row: Dict[str, Any]) -> Optional[str]:
     """Why the warehouse or these limits refuse a prediction row; None if they do not."""
     try:
       request_id, _, _, action, propensity, _, _ = warehouse_lib.prediction_values(row)
     except ValueError as error:
       return str(error)
-    size = len(row.observation if isinstance(row, records.Prediction) else row["observation"])
-    if size != self.rank_k:
-      return (f"request_id {request_id!r}: observation has {size} values, "
+    if len(row["observation"]) != self.rank_k:
+      return (f"request_id {request_id!r}: observation has {len(row['observation'])} values, "
               f"the model takes {self.rank_k}")
     if action >= self.num_actions:
       return f"request_id {request_id!r}: action {action} is not below {self.num_actions}"
@@ -108,7 +105,7 @@ class RowLimits:
               f"{self.min_propensity!r}")
     return None
 
-  def feedback_problem(self, row: warehouse_lib.Row) -> Optional[str]:
+  def feedback_problem(self, row: Dict[str, Any]) -> Optional[str]:
     """Why the warehouse or these limits refuse a feedback row; None if they do not."""
     try:
       request_id, _, reward = warehouse_lib.feedback_values(row)

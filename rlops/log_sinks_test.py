@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from rlops import log_sinks, records
+from rlops import log_sinks
 from rlops.serving import outbox
 
 LIMITS = log_sinks.RowLimits(rank_k=2, num_actions=3, min_propensity=0.01, min_reward=0.0,
@@ -73,17 +73,6 @@ class _Status(http.server.BaseHTTPRequestHandler):
 
   def log_message(self, *args):
     del args
-
-
-def test_records_travel_as_rows():
-  prediction = records.Prediction.from_row(_prediction("a"))
-  feedback = records.Feedback.from_row(_feedback("a"))
-  _, body = log_sinks.pubsub_cloud_event({"predictions": [prediction, _prediction("b")],
-                                          "feedback": [feedback]})
-  assert log_sinks.decode_pubsub_event(body) == {
-      "predictions": [_prediction("a"), _prediction("b")], "feedback": [_feedback("a")]}
-  with pytest.raises(TypeError, match="set is not a record"):
-    log_sinks.encode_message({"predictions": [{"a"}]})
 
 
 def test_logger_answers_are_classified_as_rejected_or_retryable():

@@ -193,17 +193,6 @@ def _checked_prediction(request_id, event_time, observation, action, propensity,
   return (request_id, event_time, observation, int(action), propensity, model_version, source)
 
 
-def row_of(value: Any) -> Dict[str, Any]:
-  """The row of a record; as `default` of `json.dumps`, messages holding records encode.
-
-  Raises:
-    TypeError: `value` is not a record.
-  """
-  if isinstance(value, (Prediction, Feedback)):
-    return value.to_row()
-  raise TypeError(f"{type(value).__name__} is not a record")
-
-
 def _plain_text(value: Any) -> bool:
   """An ASCII string `text_problem` accepts, decided without encoding it."""
   return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii()

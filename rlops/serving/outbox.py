@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import absl.logging
 import orjson
 
-from rlops import log_sinks, records, warehouse
+from rlops import log_sinks, warehouse
 
 DEFAULT_COMPACT_BYTES = 64 << 20
 # Rows appended and not yet delivered that the delivery thread takes from memory, as they
@@ -175,7 +175,7 @@ class OutboxLogger:
   def _set_aside(self, entry: Dict[str, Any]) -> None:
     """Appends a rejected row (or malformed line) and its reason to the dead-letter file."""
     with open(self.dead_letter_path, "a") as f:
-      f.write(json.dumps({**entry, "set_aside_time": time.time()}, default=records.row_of) + "\n")
+      f.write(json.dumps({**entry, "set_aside_time": time.time()}) + "\n")
     self.dead_letters += 1
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
