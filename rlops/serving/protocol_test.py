@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 
 from rlops import testing
-from rlops.serving import server
+from rlops.serving import protocol, server
 from rlops.serving.testing import instances, logged_predictions
 
 K = 4  # rank_k of testing.small_model()
@@ -167,3 +167,29 @@ def test_requests_read_in_one_event_loop_iteration_are_logged_in_one_write(
   assert "being served by a concurrent request" in answers[2][1]["error"]
   assert writes == [["a", "b", "c"]]
   assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == ["a", "b", "c"]
+
+
+def test_a_shutdown_in_the_iteration_of_a_request_answers_and_logs_it_first(
+    tmp_path, serving, make_app, monkeypatch):
+  observations = testing.small_model().observe(np.arange(1))
+  app = make_app()
+  complete = protocol.PredictProtocol.on_message_complete
+
+  def shut_down_at_once(self):
+    complete(self)
+    if self._waiting:  # uvicorn shuts the connection down before the group commit runs.
+      self.shutdown()
+
+  monkeypatch.setattr(protocol.PredictProtocol, "on_message_complete", shut_down_at_once)
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      sock.sendall(_request(_body(observations, ["last"])))
+      [(status, answer)] = _responses(sock, 1)
+      assert sock.recv(1) == b""  # Then the connection is closed.
+    assert app.state.logger.flush(timeout=30.0)
+  assert status == 200
+  assert answer["predictions"][0]["request_id"] == "last"
+  logged = logged_predictions(tmp_path / "warehouse.sqlite")
+  assert list(logged) == ["last"]
+  assert logged["last"][1] == answer["predictions"][0]["action"]
