@@ -56,8 +56,8 @@ class OutboxLogger:
   `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
   delivery is at least once and resumes after a restart. Rows appended by this
   process are sent as they were appended (up to MAX_ROWS_IN_MEMORY of them), the
-  others as read back from the file. When
-  everything is delivered and the outbox exceeds `compact_bytes`, it is truncated.
+  others as read back from the file. When everything is delivered and the outbox
+  exceeds `compact_bytes`, it is truncated.
 
   Args:
     outbox_path: The JSONL outbox file.
