@@ -1,6 +1,7 @@
 """Tests of the online and logged-data training loops."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from rlops import agents, environment, testing, training
 from rlops.config import AGENT_NAMES, AgentConfig
@@ -13,6 +14,7 @@ def _uniform_random_regret(model, users, seed=0):
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_each_agent_lowers_regret(name):
+  tf.keras.utils.set_random_seed(0)  # The neural agents' initial weights: a reproducible run.
   model = testing.small_model()
   env = environment.MovieLensEnvironment(model, batch_size=8, seed=0)
   config = AgentConfig(name=name)
