@@ -22,13 +22,16 @@ concurrency, for each variant (all run at once; the idle ones wait):
   none      as `on` without an outbox: `outbox.OutboxLogger` is replaced by a stand-in
             that drops rows (`create_app` has no switch for this).
   on1       as `on` with one process.
-Prints figures as ratios against baselines measured in the same run and whether
-each target is met (it never fails on a target), and each variant's server CPU
-time per request (all its processes and threads, from /proc, delivering its log
-included): where logging's cost goes apart from throughput. Writes a JSON of the
-figures and a PNG of the latency distributions.
+Prints figures as ratios against baselines measured in the same run, each
+closed-loop ratio with a 90% bootstrap interval over the rounds (how far this
+machine's noise leaves it open), and whether each target is met (it never fails
+on a target); and each variant's server CPU time per request (all its processes
+and threads, from /proc, delivering its log included, and apart the threads
+other than the event loop's, which deliver the log): where logging's cost goes
+apart from throughput. Writes a JSON of the figures and a PNG of the latency
+distributions.
 
-  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 4]
+  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 8]
 """
 import argparse
 import asyncio
@@ -100,6 +103,9 @@ CLOSED_LOOP_BLOCK = ("baseline", "on", "none", "on1", "on1", "none", "on", "base
 P99_TARGET_MS = 10.0
 THROUGHPUT_GAIN_TARGET = 3.0
 THROUGHPUT_LOSS_TARGET = 0.10
+# Closed-loop throughput ratios printed, each with a bootstrap interval over the rounds.
+RATIOS = (("on", "baseline"), ("on1", "baseline"), ("on", "on1"), ("on", "none"))
+BOOTSTRAP_RESAMPLES = 10_000
 VARIANTS = {
     "baseline": "rlops/server.py before the split, 1 process, uvicorn asyncio + h11, logging on",
     "on": f"rlops.serving, {WORKERS} processes sharing the served-id table, uvloop + httptools, "
@@ -425,13 +431,19 @@ def flush_all(servers: Dict[str, Any]) -> Dict[str, bool]:
   return flushed
 
 
-def cpu_seconds(processes: List[multiprocessing.Process]) -> float:
-  """User and system CPU seconds the processes (all their threads) have used so far."""
-  ticks = 0
+def _cpu_ticks(stat_path: str) -> int:
+  with open(stat_path) as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of stat.
+
+
+def cpu_seconds(processes: List[multiprocessing.Process]) -> np.ndarray:
+  """[all threads, the main thread] user and system CPU seconds the processes have used so
+  far. The main thread runs the event loop; in a logging variant the others deliver the log."""
+  ticks = np.zeros(2)
   for process in processes:
-    with open(f"/proc/{process.pid}/stat") as f:
-      fields = f.read().rsplit(")", 1)[1].split()
-    ticks += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of stat.
+    main_thread = _cpu_ticks(f"/proc/{process.pid}/task/{process.pid}/stat")  # First: <= all.
+    ticks += (_cpu_ticks(f"/proc/{process.pid}/stat"), main_thread)
   return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -439,14 +451,30 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
   """Latency percentiles, throughput and server CPU per request of runs of the same variant."""
   latencies = list(itertools.chain.from_iterable(run["latencies"] for run in runs))
   elapsed = sum(run["elapsed"] for run in runs)
-  answered = sum(sum(run["all_statuses"].values()) for run in runs)
+  answered = max(sum(sum(run["all_statuses"].values()) for run in runs), 1)
+  cpu_all, cpu_main = (float(us) for us in 1e6 * sum(run["cpu_seconds"] for run in runs)
+                       / answered)
   return {**summarize(latencies), "rps": len(latencies) / max(elapsed, 1e-9), "seconds": elapsed,
-          "server_cpu_us_per_request": 1e6 * sum(run["cpu_seconds"] for run in runs)
-                                       / max(answered, 1),
+          "server_cpu_us_per_request": cpu_all,
+          "other_threads_cpu_us_per_request": cpu_all - cpu_main,
           "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),
           "unsent": sum(run["unsent"] for run in runs)}
+
+
+def ratio_interval(numerator: List[Dict[str, Any]], denominator: List[Dict[str, Any]],
+                   rng: np.random.Generator) -> List[float]:
+  """90% bootstrap interval of the pooled throughput ratio of two variants' closed-loop
+  runs, each variant's rounds resampled with replacement: how far this machine's noise
+  leaves the ratio open."""
+  ratios = 1.0
+  for runs, power in ((numerator, 1), (denominator, -1)):
+    answered = np.array([len(run["latencies"]) for run in runs], np.float64)
+    elapsed = np.array([run["elapsed"] for run in runs])
+    picks = rng.integers(len(runs), size=(BOOTSTRAP_RESAMPLES, len(runs)))
+    ratios = ratios * (answered[picks].sum(1) / elapsed[picks].sum(1))**power
+  return np.percentile(ratios, [5, 95]).tolist()
 
 
 def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
@@ -481,8 +509,12 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
   closed = {name: pooled(runs) for name, runs in raw["closed"].items()}
   # Relative spread between rounds of the same variant: the noise of a throughput ratio.
   spread = max((max(f["rps_per_run"]) - min(f["rps_per_run"])) / f["rps"] for f in closed.values())
+  rng = np.random.default_rng(0)
+  intervals = {f"{a}/{b}": ratio_interval(raw["closed"][a], raw["closed"][b], rng)
+               for a, b in RATIOS}
   return {"open": {name: pooled(runs) for name, runs in raw["open"].items()},
-          "closed": closed, "closed_round_spread": spread, "checks": checks,
+          "closed": closed, "closed_round_spread": spread, "closed_ratio_intervals": intervals,
+          "checks": checks,
           "load_average_1min": [load_before, os.getloadavg()[0]],
           "cdf": {mode: {name: np.sort(np.concatenate([run["latencies"] for run in runs]))
                          for name, runs in raw[mode].items()} for mode in raw}}
@@ -557,15 +589,18 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
   closed = serving["closed"]
   cpu = {name: f["server_cpu_us_per_request"] for name, f in closed.items()}
   print("  closed loop, server CPU per request (all its processes and threads, log delivery "
-        "included): " + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
+        "included; in brackets, threads other than the event loop's, which deliver the log): "
+        + ", ".join(f"{name} {us:.0f} us ({closed[name]['other_threads_cpu_us_per_request']:.0f})"
+                    for name, us in cpu.items())
         + f"; logging's part of on's: {(cpu['on'] - cpu['none']) / cpu['on']:.0%}")
   paired = [on / none for on, none in zip(closed["on"]["rps_per_run"],
                                           closed["none"]["rps_per_run"])]
   print(f"  on / none in adjacent rounds (one pair early and one late per block): median "
         f"{np.median(paired):.2f}, {min(paired):.2f} to {max(paired):.2f}")
-  print("  closed-loop ratios: " + ", ".join(
-      f"{a}/{b} {closed[a]['rps'] / closed[b]['rps']:.2f}"
-      for a, b in (("on", "baseline"), ("on1", "baseline"), ("on", "on1"), ("on", "none"))))
+  intervals = serving["closed_ratio_intervals"]
+  print("  closed-loop ratios (90% bootstrap interval over the rounds): " + ", ".join(
+      f"{a}/{b} {closed[a]['rps'] / closed[b]['rps']:.2f} "
+      "({:.2f} to {:.2f})".format(*intervals[f"{a}/{b}"]) for a, b in RATIOS))
   print("  variants:")
   for name, description in VARIANTS.items():
     print(f"    {name:<9} {description}")
@@ -584,6 +619,7 @@ def targets(serving: Dict[str, Any], args: argparse.Namespace) -> List[Dict[str,
   gain = closed["on"]["rps"] / closed["baseline"]["rps"]
   loss = closed["on"]["rps"] / closed["none"]["rps"]
   spread = f"rounds of a variant differ by up to {serving['closed_round_spread']:.0%}"
+  interval = "90% bootstrap interval over the rounds {:.2f} to {:.2f}".format
   return [{
       "target": f"p99 <= {P99_TARGET_MS:g} ms at {args.rate:g} requests/s open loop, logging on",
       "met": bool(open_on["p99_ms"] <= P99_TARGET_MS and open_on["rps"] >= 0.95 * args.rate
@@ -595,13 +631,14 @@ def targets(serving: Dict[str, Any], args: argparse.Namespace) -> List[Dict[str,
                 "baseline)",
       "met": bool(gain >= THROUGHPUT_GAIN_TARGET),
       "detail": f"{closed['on']['rps']:.0f} / {closed['baseline']['rps']:.0f} req/s = "
-                f"{gain:.2f}x; {spread}"
+                f"{gain:.2f}x ({interval(*serving['closed_ratio_intervals']['on/baseline'])}); "
+                f"{spread}"
   }, {
       "target": f"logging lowers closed-loop throughput by <= {THROUGHPUT_LOSS_TARGET:.0%} "
                 "(on / none)",
       "met": bool(loss >= 1.0 - THROUGHPUT_LOSS_TARGET),
-      "detail": f"{closed['on']['rps']:.0f} / {closed['none']['rps']:.0f} req/s = {loss:.3f}; "
-                f"{spread}"
+      "detail": f"{closed['on']['rps']:.0f} / {closed['none']['rps']:.0f} req/s = {loss:.3f} "
+                f"({interval(*serving['closed_ratio_intervals']['on/none'])}); {spread}"
   }]
 
 
@@ -613,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open-loop requests per second (default: %(default)s)")
   parser.add_argument("--concurrency", type=int, default=16,
                       help="keep-alive connections (default: %(default)s)")
-  parser.add_argument("--blocks", type=int, default=4,
+  parser.add_argument("--blocks", type=int, default=8,
                       help="closed-loop blocks, each a round of every variant early and one "
                            "late (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
