@@ -456,7 +456,8 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
                        / answered)
   return {**summarize(latencies), "rps": len(latencies) / max(elapsed, 1e-9), "seconds": elapsed,
           "server_cpu_us_per_request": cpu_all,
-          "other_threads_cpu_us_per_request": cpu_all - cpu_main,
+          # Both counters tick at SC_CLK_TCK: read apart, they may differ by a tick below zero.
+          "other_threads_cpu_us_per_request": max(cpu_all - cpu_main, 0.0),
           "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),
