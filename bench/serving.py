@@ -464,17 +464,19 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
           "unsent": sum(run["unsent"] for run in runs)}
 
 
+def _resampled_rps(runs: List[Dict[str, Any]], rng: np.random.Generator) -> np.ndarray:
+  """Pooled throughput of BOOTSTRAP_RESAMPLES resamplings, with replacement, of `runs`."""
+  answered = np.array([len(run["latencies"]) for run in runs], np.float64)
+  elapsed = np.array([run["elapsed"] for run in runs])
+  picks = rng.integers(len(runs), size=(BOOTSTRAP_RESAMPLES, len(runs)))
+  return answered[picks].sum(1) / elapsed[picks].sum(1)
+
+
 def ratio_interval(numerator: List[Dict[str, Any]], denominator: List[Dict[str, Any]],
                    rng: np.random.Generator) -> List[float]:
   """90% bootstrap interval of the pooled throughput ratio of two variants' closed-loop
-  runs, each variant's rounds resampled with replacement: how far this machine's noise
-  leaves the ratio open."""
-  ratios = 1.0
-  for runs, power in ((numerator, 1), (denominator, -1)):
-    answered = np.array([len(run["latencies"]) for run in runs], np.float64)
-    elapsed = np.array([run["elapsed"] for run in runs])
-    picks = rng.integers(len(runs), size=(BOOTSTRAP_RESAMPLES, len(runs)))
-    ratios = ratios * (answered[picks].sum(1) / elapsed[picks].sum(1))**power
+  runs, each variant's rounds resampled: how far this machine's noise leaves the ratio open."""
+  ratios = _resampled_rps(numerator, rng) / _resampled_rps(denominator, rng)
   return np.percentile(ratios, [5, 95]).tolist()
 
 
