@@ -161,7 +161,7 @@ class BigQueryWarehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._merge("predictions", [warehouse_lib.prediction_values(row) for row in rows])
+    return self._merge("predictions", warehouse_lib.predictions_values(rows))
 
   def insert_feedback(self, rows: Iterable[warehouse_lib.Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.

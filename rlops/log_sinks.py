@@ -89,12 +89,26 @@ class RowLimits:
   min_reward: float = -100.0
   max_reward: float = 100.0
 
-  def prediction_problem(self, row: Dict[str, Any]) -> Optional[str]:
+  def _prediction_problem(self, row: Dict[str, Any]) -> Optional[str]:
     """Why the warehouse or these limits refuse a prediction row; None if they do not."""
     try:
-      request_id, _, _, action, propensity, _, _ = warehouse_lib.prediction_values(row)
+      values = warehouse_lib.prediction_values(row)
     except ValueError as error:
       return str(error)
+    return self._outside(row, values)
+
+  def prediction_problems(self, rows: List[Dict[str, Any]]) -> List[Optional[str]]:
+    """Why the warehouse or these limits refuse each prediction row; None where they do not.
+    The warehouse checks plain rows as one batch, the others one at a time."""
+    try:
+      values = warehouse_lib.predictions_values(rows)
+    except ValueError:
+      return [self._prediction_problem(row) for row in rows]
+    return [self._outside(row, row_values) for row, row_values in zip(rows, values)]
+
+  def _outside(self, row: Dict[str, Any], values: tuple) -> Optional[str]:
+    """Why these limits refuse a row the warehouse stores as `values`; None if they do not."""
+    request_id, _, _, action, propensity, _, _ = values
     if len(row["observation"]) != self.rank_k:
       return (f"request_id {request_id!r}: observation has {len(row['observation'])} values, "
               f"the model takes {self.rank_k}")
@@ -105,29 +119,32 @@ class RowLimits:
               f"{self.min_propensity!r}")
     return None
 
-  def feedback_problem(self, row: Dict[str, Any]) -> Optional[str]:
-    """Why the warehouse or these limits refuse a feedback row; None if they do not."""
-    try:
-      request_id, _, reward = warehouse_lib.feedback_values(row)
-    except ValueError as error:
-      return str(error)
-    if not self.min_reward <= reward <= self.max_reward:
-      return (f"request_id {request_id!r}: reward {reward!r} is outside "
-              f"[{self.min_reward!r}, {self.max_reward!r}]")
-    return None
+  def feedback_problems(self, rows: List[Dict[str, Any]]) -> List[Optional[str]]:
+    """Why the warehouse or these limits refuse each feedback row; None where they do not."""
+    problems = []
+    for row in rows:
+      try:
+        request_id, _, reward = warehouse_lib.feedback_values(row)
+      except ValueError as error:
+        problems.append(str(error))
+        continue
+      problems.append(None if self.min_reward <= reward <= self.max_reward else
+                      f"request_id {request_id!r}: reward {reward!r} is outside "
+                      f"[{self.min_reward!r}, {self.max_reward!r}]")
+    return problems
 
 
 def split_message(message: Dict[str, Any],
                   limits: RowLimits) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
   """(the message of the rows `limits` accept, [{"row", "reason"}] of the others)."""
   accepted, rejected = {}, []
-  for kind, problem in (("predictions", limits.prediction_problem),
-                        ("feedback", limits.feedback_problem)):
+  for kind, problems_of in (("predictions", limits.prediction_problems),
+                            ("feedback", limits.feedback_problems)):
     if kind not in message:
       continue
+    rows = list(message[kind])
     accepted[kind] = []
-    for row in message[kind]:
-      reason = problem(row)
+    for row, reason in zip(rows, problems_of(rows)):
       if reason is None:
         accepted[kind].append(row)
       else:

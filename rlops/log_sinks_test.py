@@ -33,14 +33,16 @@ def test_rows_outside_the_model_are_rejected_alone_with_a_reason(tmp_path):
   sink = log_sinks.InProcessSink(str(path), LIMITS)
   message = {"predictions": [_prediction("ok-1"), _prediction("short", observation=[0.5]),
                              _prediction("action", action=999999),
-                             _prediction("tiny", propensity=1e-300), _prediction("ok-2")],
+                             _prediction("tiny", propensity=1e-300),
+                             _prediction("when", event_time=float("nan")), _prediction("ok-2")],
              "feedback": [_feedback("ok-1"), _feedback("huge", reward=1e9),
                           _feedback("nan", reward=float("nan")), _feedback("ok-2")]}
   with pytest.raises(log_sinks.RejectedMessage) as raised:
     sink.deliver(message)
   reason = str(raised.value)
-  assert reason.startswith("5 row(s) rejected")
+  assert reason.startswith("6 row(s) rejected")
   for expected in ("'short': observation has 1 values, the model takes 2",
+                   "'when': event_time must be a finite number",
                    "'action': action 999999 is not below 3", "'tiny': propensity 1e-300",
                    "'huge': reward 1000000000.0 is outside", "'nan': reward must be"):
     assert expected in reason

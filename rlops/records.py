@@ -7,11 +7,13 @@ store it as it is (finite numbers, UTF-8 encodable ids, ranges), so a row that
 fails here is refused where it is produced, never after it was acknowledged.
 """
 import dataclasses
+import itertools
 import math
 import numbers
+import operator
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -26,6 +28,7 @@ MAX_EVENT_TIME = 7_258_118_400.0
 MAX_ACTION = 2**31 - 1
 MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 _COLUMN_SETS = {columns: frozenset(columns) for columns in (PREDICTION_COLUMNS, FEEDBACK_COLUMNS)}
+_PREDICTION_FIELDS = operator.itemgetter(*PREDICTION_COLUMNS)
 
 
 def new_request_id() -> str:
@@ -198,26 +201,50 @@ def _plain_text(value: Any) -> bool:
   return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii()
 
 
+def _plain_texts(values: Sequence[Any]) -> bool:
+  """Whether `_plain_text` holds for every value, checked in C loops."""
+  return (set(map(type, values)) == {str} and all(map(str.isascii, values))
+          and min(map(len, values)) > 0 and max(map(len, values)) <= MAX_ID_LENGTH)
+
+
+def _plain_floats(values: Sequence[Any], low: float, high: float) -> bool:
+  """Whether every value is a float in [low, high], checked in C loops."""
+  # min and max let a NaN through; the sum is NaN or infinite if a value is.
+  return (set(map(type, values)) == {float} and math.isfinite(sum(values))
+          and low <= min(values) and max(values) <= high)
+
+
+def plain_prediction_values(rows: Sequence[Any]) -> Optional[List[tuple]]:
+  """The rows as stored (see `prediction_values`) if every one is plain; None if one is not.
+
+  A plain row is a dict of exactly PREDICTION_COLUMNS with ASCII ids, float times and
+  propensities, an integer action and a non-empty list of floats, all within range: the
+  Logger's common case, checked here a column at a time in C loops. On None the caller
+  checks each row on its own; `Prediction.from_row` accepts every plain row alike.
+  """
+  if not rows or set(map(type, rows)) != {dict} or not all(
+      row.keys() == _COLUMN_SETS[PREDICTION_COLUMNS] for row in rows):
+    return None
+  request_ids, event_times, observations, actions, propensities, versions, sources = zip(
+      *map(_PREDICTION_FIELDS, rows))
+  if not (_plain_texts(request_ids) and _plain_texts(versions) and _plain_texts(sources)
+          and _plain_floats(event_times, 0.0, MAX_EVENT_TIME)
+          and _plain_floats(propensities, 0.0, 1.0) and min(propensities) > 0.0
+          and set(map(type, actions)) == {int} and min(actions) >= 0
+          and max(actions) <= MAX_ACTION
+          and set(map(type, observations)) == {list} and min(map(len, observations)) > 0
+          and _finite_floats(list(itertools.chain.from_iterable(observations)))):
+    return None
+  texts = [text.decode() for text in map(orjson.dumps, observations)]
+  return list(zip(request_ids, event_times, texts, actions, propensities, versions, sources))
+
+
 def prediction_values(row: Mapping[str, Any]) -> tuple:
   """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text).
-
-  A row of plain values (ASCII ids, float times and propensities, a list of floats)
-  is checked in one expression, the Logger's common case; any other row is checked
-  field by field by `Prediction.from_row`, which accepts the same rows.
 
   Raises:
     ValueError: The row is malformed; the message names the request and the field.
   """
-  if type(row) is dict and row.keys() == _COLUMN_SETS[PREDICTION_COLUMNS]:
-    observation, action, propensity = row["observation"], row["action"], row["propensity"]
-    event_time = row["event_time"]
-    if (_plain_text(row["request_id"]) and _plain_text(row["model_version"])
-        and _plain_text(row["source"]) and type(event_time) is float
-        and 0.0 <= event_time <= MAX_EVENT_TIME and type(observation) is list and observation
-        and _finite_floats(observation) and type(action) is int and 0 <= action <= MAX_ACTION
-        and type(propensity) is float and 0.0 < propensity <= 1.0):
-      return (row["request_id"], event_time, orjson.dumps(observation).decode(), action,
-              propensity, row["model_version"], row["source"])
   return Prediction.from_row(row).values()
 
 

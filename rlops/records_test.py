@@ -4,8 +4,10 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rlops import records
+from rlops import records, warehouse
 
 PREDICTION = records.Prediction(request_id="r1", event_time=1700000000.5, observation=(0.25, -1.0),
                                 action=3, propensity=0.9, model_version="7", source="endpoint")
@@ -80,3 +82,61 @@ def test_feedback_rewards_must_be_finite():
     records.Feedback(request_id="r1", event_time=1.0, reward=10**400)
   with pytest.raises(ValueError, match="missing field.*reward.*unknown field.*rating"):
     records.Feedback.from_row({"request_id": "r1", "event_time": 1.0, "rating": 4.0})
+
+
+_PLAIN_FIELDS = {
+    "request_id": st.text("0123456789abcdef", min_size=1, max_size=128),
+    "event_time": st.floats(0.0, records.MAX_EVENT_TIME),
+    # Values whose sum stays within float32 (else the batch leaves the rows to the row check).
+    "observation": st.lists(st.floats(-1e30, 1e30), min_size=1, max_size=4),
+    "action": st.integers(0, records.MAX_ACTION),
+    "propensity": st.floats(5e-324, 1.0),
+    "model_version": st.sampled_from(["1", "uniform-random", "x" * 128]),
+    "source": st.sampled_from(["endpoint", "generator"]),
+}
+# Values at and beyond each field's bounds, of each type a JSON row can bring.
+_ODD_VALUES = (
+    None, True, False, 0, 1, -1, 2**31 - 1, 2**31, 10**400, float("nan"), float("inf"),
+    -float("inf"), -0.0, 0.0, 5e-324, 1.0, 1.0 + 2**-52, -1e-300, records.MAX_EVENT_TIME,
+    records.MAX_EVENT_TIME * (1 + 2**-52), "", "7", "x" * 128, "x" * 129, "\u00e9", "x\ud800",
+    [], [float("nan")], [1.0, float("inf")], [3.5e38], [3e38, 3e38, -3e38], [True], [1],
+    [1, 2.5], ["1.0"], (0.5,), {"a": 1.0})
+
+
+def _reference(rows):
+  """The stored values of each row by `Prediction.from_row`, or the first row's error."""
+  try:
+    return [records.Prediction.from_row(row).values() for row in rows]
+  except ValueError as error:
+    return str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries(_PLAIN_FIELDS), min_size=1, max_size=6))
+def test_a_batch_of_plain_rows_is_stored_as_each_row_alone(rows):
+  assert records.plain_prediction_values(rows) == _reference(rows)
+
+
+def _checked_alike(rows) -> None:
+  """The batch check and the row-by-row one store the same values or raise the same error."""
+  expected = _reference(rows)
+  plain = records.plain_prediction_values(rows)
+  assert plain is None or plain == expected  # The batch accepts only rows each one accepts.
+  for values_of in (warehouse.predictions_values,
+                    lambda rows: [records.prediction_values(row) for row in rows]):
+    try:
+      assert values_of(rows) == expected
+    except ValueError as error:
+      assert str(error) == expected
+
+
+def test_a_batch_with_an_odd_field_is_checked_as_each_row_alone():
+  for field in records.PREDICTION_COLUMNS + ("extra",):
+    _checked_alike([{**PREDICTION.to_row(), "request_id": f"r{i}"} for i in range(3)])
+    for value in _ODD_VALUES + ("missing",):
+      # The odd row in the middle: min and max of a column see a NaN there last.
+      rows = [{**PREDICTION.to_row(), "request_id": f"r{i}"} for i in range(3)]
+      rows[1][field] = value
+      if value == "missing":
+        del rows[1][field]
+      _checked_alike(rows)

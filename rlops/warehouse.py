@@ -13,7 +13,7 @@ import os
 import pathlib
 import sqlite3
 import threading
-from typing import Any, Dict, Iterable, Mapping, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -92,6 +92,16 @@ def prediction_values(row: Row) -> tuple:
   return records.prediction_values(row)
 
 
+def predictions_values(rows: Iterable[Row]) -> List[tuple]:
+  """`prediction_values` of each row, in order; plain rows are checked as one batch.
+
+  Raises:
+    ValueError: A row is malformed; the message names the first such request and its field.
+  """
+  rows = list(rows)
+  return records.plain_prediction_values(rows) or [prediction_values(row) for row in rows]
+
+
 def feedback_values(row: Row) -> tuple:
   """A feedback (record or row) as stored, in FEEDBACK_COLUMNS order.
 
@@ -165,6 +175,8 @@ class Warehouse:
     One statement for many rows, not executemany: sqlite3 releases the GIL once per
     statement step, and each release hands it to the serving thread when it waits.
     """
+    if not values:
+      return 0  # No transaction: a message of predictions only has no feedback.
     inserted = 0
     row = f"({', '.join('?' * len(columns))})"
     with self._transaction() as connection:
@@ -181,7 +193,7 @@ class Warehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._insert("predictions", PREDICTION_COLUMNS, [prediction_values(row) for row in rows])
+    return self._insert("predictions", PREDICTION_COLUMNS, predictions_values(rows))
 
   def insert_feedback(self, rows: Iterable[Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.

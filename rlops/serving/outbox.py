@@ -9,6 +9,7 @@ file, so one poison row never stops the others. `replay_dead_letters` sends the
 set-aside rows again once fixed.
 """
 import collections
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,8 @@ DEFAULT_COMPACT_BYTES = 64 << 20
 # were appended; beyond these, it reads and parses the outbox file.
 MAX_ROWS_IN_MEMORY = 10_000
 MAX_BACKOFF_SECONDS = 5.0
+# Digits of the delivered offset in `<outbox>.offset`, space-padded: rewritten in place.
+OFFSET_WIDTH = 20
 
 
 def dead_letter_path(outbox_path: str) -> str:
@@ -73,7 +76,6 @@ class OutboxLogger:
                drain_seconds: float = 5.0):
     self.outbox_path = outbox_path
     self.dead_letter_path = dead_letter_path(outbox_path)
-    self._offset_path = outbox_path + ".offset"
     self._sink = sink
     self._batch_rows = batch_rows
     self._batch_seconds = batch_seconds
@@ -85,6 +87,7 @@ class OutboxLogger:
     os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
     # Unbuffered: each append is one write to the OS, undone if it fails part-way.
     self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
+    self._offset_fd = os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644)
     self._end, self._offset, self._written = self._recover()
     self._delivered = 0
     self._in_memory: collections.deque = collections.deque()  # (start, end, row) per row.
@@ -100,10 +103,9 @@ class OutboxLogger:
     end = data.rfind(b"\n") + 1
     if end < len(data):
       self._file.truncate(end)
-    offset = 0
-    if os.path.exists(self._offset_path):
-      with open(self._offset_path) as f:
-        offset = int(f.read().strip() or 0)
+    saved = os.pread(self._offset_fd, 2 * OFFSET_WIDTH, 0).strip()
+    # Unreadable (torn by a power loss): deliver everything again, the warehouse de-duplicates.
+    offset = int(saved) if saved.isdigit() else 0
     if offset > end:  # Compacted after the offset was saved.
       offset = 0
     return end, offset, data.count(b"\n", offset, end)
@@ -120,10 +122,8 @@ class OutboxLogger:
           continue
 
   def _save_offset(self, offset: int) -> None:
-    temporary = self._offset_path + ".tmp"
-    with open(temporary, "w") as f:
-      f.write(str(offset))
-    os.replace(temporary, self._offset_path)
+    """One write in place, of fixed width: a crash of the process cannot tear it."""
+    os.pwrite(self._offset_fd, b"%*d\n" % (OFFSET_WIDTH, offset), 0)
 
   def append(self, rows: List[Dict[str, Any]]) -> None:
     """Writes prediction rows to the outbox in one write; they survive a crash of this process
@@ -143,10 +143,8 @@ class OutboxLogger:
         self._file.truncate(self._end)
         raise
       if len(self._in_memory) < MAX_ROWS_IN_MEMORY:
-        start = self._end
-        for row, line in zip(rows, lines):
-          self._in_memory.append((start, start + len(line), row))
-          start += len(line)
+        starts = list(itertools.accumulate(map(len, lines), initial=self._end))
+        self._in_memory.extend(zip(starts, itertools.islice(starts, 1, None), rows))
       self._end += len(data)
       pending = self._written - self._delivered
       self._written += len(rows)
@@ -299,6 +297,7 @@ class OutboxLogger:
       self._thread.join()
     self._file.close()
     self._reader.close()
+    os.close(self._offset_fd)
 
 
 def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:

@@ -31,7 +31,7 @@ def test_outbox_recovers_a_torn_line_and_compacts(tmp_path):
     for start in (10, 20):
       logger.append(rows[start:start + 10])
       assert logger.flush(timeout=30.0)
-      assert path.stat().st_size == 0 and (tmp_path / "outbox.jsonl.offset").read_text() == "0"
+      assert path.stat().st_size == 0 and int((tmp_path / "outbox.jsonl.offset").read_text()) == 0
     assert logger.delivered == 30 and logger.pending == 0
   finally:
     logger.close()
@@ -78,6 +78,28 @@ class _SwitchedSink:
       raise OSError("warehouse unreachable")
     self.delivered.extend((row["request_id"], "in memory" if id(row) in self._appended
                            else "read back") for row in message["predictions"])
+
+
+def test_a_restart_delivers_what_follows_the_saved_offset_or_all_if_it_is_unreadable(tmp_path):
+  path = tmp_path / "outbox.jsonl"
+  rows = _rows("r", 8)
+  logger = outbox.OutboxLogger(str(path), _RecordingSink())
+  logger.start()
+  logger.append(rows[:5])
+  assert logger.flush(timeout=30.0)
+  logger.close()
+  with open(path, "ab") as f:  # Appended by a process killed before it delivered them.
+    f.write(b"".join(json.dumps(row).encode() + b"\n" for row in rows[5:]))
+  for offset_file, expected in ((None, rows[5:]), (b"\0" * 9, rows)):  # Then torn by a crash.
+    if offset_file is not None:
+      (tmp_path / "outbox.jsonl.offset").write_bytes(offset_file)
+    sink = _RecordingSink()
+    logger = outbox.OutboxLogger(str(path), sink)
+    assert logger.pending == len(expected)
+    logger.start()
+    assert logger.flush(timeout=30.0)
+    logger.close()
+    assert sink.rows == expected
 
 
 def test_rows_beyond_those_held_in_memory_are_read_back_from_the_file(tmp_path, monkeypatch):
