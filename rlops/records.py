@@ -215,7 +215,7 @@ def _plain_floats(values: Sequence[Any], low: float, high: float) -> bool:
 
 
 def plain_prediction_values(rows: Sequence[Any]) -> Optional[List[tuple]]:
-  """The rows as stored (see `prediction_values`) if every one is plain; None if one is not.
+  """The rows' `Prediction.values` if every row is plain; None if one is not.
 
   A plain row is a dict of exactly PREDICTION_COLUMNS with ASCII ids, float times and
   propensities, an integer action and a non-empty list of floats, all within range: the
@@ -237,15 +237,6 @@ def plain_prediction_values(rows: Sequence[Any]) -> Optional[List[tuple]]:
     return None
   texts = [text.decode() for text in map(orjson.dumps, observations)]
   return list(zip(request_ids, event_times, texts, actions, propensities, versions, sources))
-
-
-def prediction_values(row: Mapping[str, Any]) -> tuple:
-  """A prediction row as stored, in PREDICTION_COLUMNS order (the observation as JSON text).
-
-  Raises:
-    ValueError: The row is malformed; the message names the request and the field.
-  """
-  return Prediction.from_row(row).values()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,9 +87,8 @@ def prediction_values(row: Row) -> tuple:
   Raises:
     ValueError: The row is malformed; the message names the request and the field.
   """
-  if isinstance(row, records.Prediction):
-    return row.values()
-  return records.prediction_values(row)
+  record = row if isinstance(row, records.Prediction) else records.Prediction.from_row(row)
+  return record.values()
 
 
 def predictions_values(rows: Iterable[Row]) -> List[tuple]:
