@@ -201,12 +201,6 @@ def _plain_text(value: Any) -> bool:
   return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isascii()
 
 
-def _plain_texts(values: Sequence[Any]) -> bool:
-  """Whether `_plain_text` holds for every value, checked in C loops."""
-  return (set(map(type, values)) == {str} and all(map(str.isascii, values))
-          and min(map(len, values)) > 0 and max(map(len, values)) <= MAX_ID_LENGTH)
-
-
 def _plain_floats(values: Sequence[Any], low: float, high: float) -> bool:
   """Whether every value is a float in [low, high], checked in C loops."""
   # min and max let a NaN through; the sum is NaN or infinite if a value is.
@@ -227,7 +221,8 @@ def plain_prediction_values(rows: Sequence[Any]) -> Optional[List[tuple]]:
     return None
   request_ids, event_times, observations, actions, propensities, versions, sources = zip(
       *map(_PREDICTION_FIELDS, rows))
-  if not (_plain_texts(request_ids) and _plain_texts(versions) and _plain_texts(sources)
+  if not (all(map(_plain_text, request_ids)) and all(map(_plain_text, versions))
+          and all(map(_plain_text, sources))
           and _plain_floats(event_times, 0.0, MAX_EVENT_TIME)
           and _plain_floats(propensities, 0.0, 1.0) and min(propensities) > 0.0
           and set(map(type, actions)) == {int} and min(actions) >= 0
