@@ -161,7 +161,11 @@ class BigQueryWarehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._merge("predictions", warehouse_lib.predictions_values(rows))
+    return self.insert_prediction_values(warehouse_lib.predictions_values(rows))
+
+  def insert_prediction_values(self, values: List[tuple]) -> int:
+    """`insert_predictions` of rows already checked, as `predictions_values` gave them."""
+    return self._merge("predictions", values)
 
   def insert_feedback(self, rows: Iterable[warehouse_lib.Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.
@@ -169,7 +173,11 @@ class BigQueryWarehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._merge("feedback", [warehouse_lib.feedback_values(row) for row in rows])
+    return self.insert_feedback_values([warehouse_lib.feedback_values(row) for row in rows])
+
+  def insert_feedback_values(self, values: List[tuple]) -> int:
+    """`insert_feedback` of rows already checked, as `feedback_values` gave them."""
+    return self._merge("feedback", values)
 
   def count_rewarded(self, begin: float = 0.0, end: float = math.inf) -> int:
     """Number of predictions with feedback and begin <= event_time < end."""

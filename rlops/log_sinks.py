@@ -13,12 +13,13 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 import httpx
 
 from rlops import warehouse as warehouse_lib
 
+Rejected = Dict[str, Any]  # {"row": a row refused, "reason": why}
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 _TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 
@@ -60,12 +61,22 @@ def write_message(message: Dict[str, Any], warehouse_uri: str) -> Dict[str, int]
     message: {"predictions": [...], "feedback": [...]}.
     warehouse_uri: "bq://project.dataset" or the path of a SQLite warehouse.
   """
-  unknown = set(message) - {"predictions", "feedback"}
-  if unknown:
-    raise ValueError(f"unknown message fields: {sorted(unknown)}")
+  _check_fields(message)
   store = _warehouse(warehouse_uri)
   return {"predictions": store.insert_predictions(message.get("predictions", [])),
           "feedback": store.insert_feedback(message.get("feedback", []))}
+
+
+def _check_fields(message: Dict[str, Any]) -> None:
+  """Raises ValueError unless `message` is an object of lists of rows, by kind."""
+  if not isinstance(message, dict):
+    raise ValueError(f"a message is a JSON object, got {type(message).__name__}")
+  unknown = set(message) - {"predictions", "feedback"}
+  if unknown:
+    raise ValueError(f"unknown message fields: {sorted(unknown)}")
+  for kind, rows in message.items():
+    if not isinstance(rows, list):
+      raise ValueError(f"{kind} must be a list of rows, got {type(rows).__name__}")
 
 
 class RejectedMessage(ValueError):
@@ -89,22 +100,23 @@ class RowLimits:
   min_reward: float = -100.0
   max_reward: float = 100.0
 
-  def _prediction_problem(self, row: Dict[str, Any]) -> Optional[str]:
-    """Why the warehouse or these limits refuse a prediction row; None if they do not."""
+  def _prediction_outcome(self, row: Dict[str, Any]) -> Union[tuple, str]:
+    """The row as the warehouse stores it, or why the warehouse or these limits refuse it."""
     try:
       values = warehouse_lib.prediction_values(row)
     except ValueError as error:
       return str(error)
-    return self._outside(row, values)
+    return self._outside(row, values) or values
 
-  def prediction_problems(self, rows: List[Dict[str, Any]]) -> List[Optional[str]]:
-    """Why the warehouse or these limits refuse each prediction row; None where they do not.
-    The warehouse checks plain rows as one batch, the others one at a time."""
+  def split_predictions(self, rows: List[Dict[str, Any]]) -> Tuple[List[tuple], List[Rejected]]:
+    """(the stored values of the prediction rows the warehouse and these limits accept, the
+    others with their reasons). The warehouse checks plain rows as one batch, others alone."""
     try:
       values = warehouse_lib.predictions_values(rows)
     except ValueError:
-      return [self._prediction_problem(row) for row in rows]
-    return [self._outside(row, row_values) for row, row_values in zip(rows, values)]
+      return _split(rows, [self._prediction_outcome(row) for row in rows])
+    return _split(rows, [self._outside(row, row_values) or row_values
+                         for row, row_values in zip(rows, values)])
 
   def _outside(self, row: Dict[str, Any], values: tuple) -> Optional[str]:
     """Why these limits refuse a row the warehouse stores as `values`; None if they do not."""
@@ -119,37 +131,50 @@ class RowLimits:
               f"{self.min_propensity!r}")
     return None
 
-  def feedback_problems(self, rows: List[Dict[str, Any]]) -> List[Optional[str]]:
-    """Why the warehouse or these limits refuse each feedback row; None where they do not."""
-    problems = []
-    for row in rows:
-      try:
-        request_id, _, reward = warehouse_lib.feedback_values(row)
-      except ValueError as error:
-        problems.append(str(error))
-        continue
-      problems.append(None if self.min_reward <= reward <= self.max_reward else
-                      f"request_id {request_id!r}: reward {reward!r} is outside "
-                      f"[{self.min_reward!r}, {self.max_reward!r}]")
-    return problems
+  def _feedback_outcome(self, row: Dict[str, Any]) -> Union[tuple, str]:
+    """The row as the warehouse stores it, or why the warehouse or these limits refuse it."""
+    try:
+      values = warehouse_lib.feedback_values(row)
+    except ValueError as error:
+      return str(error)
+    request_id, _, reward = values
+    if self.min_reward <= reward <= self.max_reward:
+      return values
+    return (f"request_id {request_id!r}: reward {reward!r} is outside "
+            f"[{self.min_reward!r}, {self.max_reward!r}]")
+
+  def split_feedback(self, rows: List[Dict[str, Any]]) -> Tuple[List[tuple], List[Rejected]]:
+    """(the stored values of the feedback rows the warehouse and these limits accept, the
+    others with their reasons)."""
+    return _split(rows, [self._feedback_outcome(row) for row in rows])
 
 
-def split_message(message: Dict[str, Any],
-                  limits: RowLimits) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-  """(the message of the rows `limits` accept, [{"row", "reason"}] of the others)."""
-  accepted, rejected = {}, []
-  for kind, problems_of in (("predictions", limits.prediction_problems),
-                            ("feedback", limits.feedback_problems)):
-    if kind not in message:
-      continue
-    rows = list(message[kind])
-    accepted[kind] = []
-    for row, reason in zip(rows, problems_of(rows)):
-      if reason is None:
-        accepted[kind].append(row)
-      else:
-        rejected.append({"row": row, "reason": reason})
-  return {**message, **accepted}, rejected
+def _split(rows: List[Dict[str, Any]],
+           outcomes: List[Union[tuple, str]]) -> Tuple[List[tuple], List[Rejected]]:
+  """(the stored values among `outcomes`, {"row", "reason"} of each row refused with a reason)."""
+  accepted, rejected = [], []
+  for row, outcome in zip(rows, outcomes):
+    if isinstance(outcome, str):
+      rejected.append({"row": row, "reason": outcome})
+    else:
+      accepted.append(outcome)
+  return accepted, rejected
+
+
+def write_within_limits(message: Dict[str, Any], warehouse_uri: str,
+                        limits: RowLimits) -> Tuple[Dict[str, int], List[Rejected]]:
+  """What the Logger does with a message under `limits`: writes the rows the warehouse and
+  `limits` accept, each row checked once.
+
+  Returns:
+    (how many rows were new, by kind; {"row", "reason"} of each row refused).
+  """
+  _check_fields(message)
+  predictions, rejected = limits.split_predictions(list(message.get("predictions", [])))
+  feedback, rejected_feedback = limits.split_feedback(list(message.get("feedback", [])))
+  store = _warehouse(warehouse_uri)
+  return ({"predictions": store.insert_prediction_values(predictions),
+           "feedback": store.insert_feedback_values(feedback)}, rejected + rejected_feedback)
 
 
 class InProcessSink:
@@ -167,8 +192,7 @@ class InProcessSink:
     if self.limits is None:
       write_message(message, self.warehouse_uri)
       return
-    accepted, rejected = split_message(message, self.limits)
-    write_message(accepted, self.warehouse_uri)
+    _, rejected = write_within_limits(message, self.warehouse_uri, self.limits)
     if rejected:
       raise RejectedMessage(f"{len(rejected)} row(s) rejected: "
                             + "; ".join(entry["reason"] for entry in rejected)[:2000])

@@ -50,6 +50,39 @@ def test_rows_outside_the_model_are_rejected_alone_with_a_reason(tmp_path):
   assert _ids(path, "feedback") == ["ok-1", "ok-2"]
 
 
+def _table(path, table: str) -> list:
+  with sqlite3.connect(path) as connection:
+    return sorted(connection.execute(f"SELECT * FROM {table}"))
+
+
+def test_rows_within_the_limits_are_stored_as_without_limits(tmp_path):
+  good = {"predictions": [_prediction("p-1", observation=[0.1, 2.0 ** -20]),
+                          _prediction("p-2", event_time=1.7e9, action=2, propensity=1.0)],
+          "feedback": [_feedback("p-1", reward=0.0), _feedback("p-2", reward=5.0)]}
+  bad = {"predictions": [_prediction("long", observation=[0.5, 1.0, 1.5]),
+                         _prediction("sent", source=None)],
+         "feedback": [_feedback("low", reward=-1.0)]}
+  message = {kind: bad[kind][:1] + good[kind] + bad[kind][1:] for kind in good}
+  limited, plain = str(tmp_path / "limited.sqlite"), str(tmp_path / "plain.sqlite")
+  counts, rejected = log_sinks.write_within_limits(message, limited, LIMITS)
+  assert counts == log_sinks.write_message(good, plain) == {"predictions": 2, "feedback": 2}
+  assert [entry["row"]["request_id"] for entry in rejected] == ["long", "sent", "low"]
+  assert "'sent': source must be" in rejected[1]["reason"]
+  for table in ("predictions", "feedback"):
+    assert _table(limited, table) == _table(plain, table)
+  assert log_sinks.write_within_limits(message, limited, LIMITS)[0] == {"predictions": 0,
+                                                                          "feedback": 0}
+
+
+@pytest.mark.parametrize("message", [[], {"predictions": 5}, {"feedback": {"request_id": "x"}}])
+def test_a_message_not_made_of_lists_of_rows_is_refused_for_good(tmp_path, message):
+  path = str(tmp_path / "warehouse.sqlite")
+  for write in (log_sinks.write_message,
+                lambda message, path: log_sinks.write_within_limits(message, path, LIMITS)):
+    with pytest.raises(ValueError, match="a message is a JSON object|must be a list of rows"):
+      write(message, path)
+
+
 def test_the_outbox_sets_aside_exactly_the_rows_outside_the_limits(tmp_path):
   path = tmp_path / "warehouse.sqlite"
   logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"),

@@ -192,7 +192,11 @@ class Warehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._insert("predictions", PREDICTION_COLUMNS, predictions_values(rows))
+    return self.insert_prediction_values(predictions_values(rows))
+
+  def insert_prediction_values(self, values: List[tuple]) -> int:
+    """`insert_predictions` of rows already checked, as `predictions_values` gave them."""
+    return self._insert("predictions", PREDICTION_COLUMNS, values)
 
   def insert_feedback(self, rows: Iterable[Row]) -> int:
     """Inserts rewards, ignoring request_ids already present; returns rows inserted.
@@ -202,7 +206,11 @@ class Warehouse:
     Raises:
       ValueError: A row is malformed; nothing of the batch is written.
     """
-    return self._insert("feedback", FEEDBACK_COLUMNS, [feedback_values(row) for row in rows])
+    return self.insert_feedback_values([feedback_values(row) for row in rows])
+
+  def insert_feedback_values(self, values: List[tuple]) -> int:
+    """`insert_feedback` of rows already checked, as `feedback_values` gave them."""
+    return self._insert("feedback", FEEDBACK_COLUMNS, values)
 
   def _query(self, sql: str) -> list:
     with self._lock:

@@ -40,7 +40,6 @@ def log_records(cloud_event) -> None:
   if limits is None:
     log_sinks.write_message(message, uri)
     return
-  accepted, rejected = log_sinks.split_message(message, limits)
-  log_sinks.write_message(accepted, uri)
+  _, rejected = log_sinks.write_within_limits(message, uri, limits)
   if rejected:
     print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))
