@@ -170,8 +170,8 @@ def write_within_limits(message: Dict[str, Any], warehouse_uri: str,
     (how many rows were new, by kind; {"row", "reason"} of each row refused).
   """
   _check_fields(message)
-  predictions, rejected = limits.split_predictions(list(message.get("predictions", [])))
-  feedback, rejected_feedback = limits.split_feedback(list(message.get("feedback", [])))
+  predictions, rejected = limits.split_predictions(message.get("predictions", []))
+  feedback, rejected_feedback = limits.split_feedback(message.get("feedback", []))
   store = _warehouse(warehouse_uri)
   return ({"predictions": store.insert_prediction_values(predictions),
            "feedback": store.insert_feedback_values(feedback)}, rejected + rejected_feedback)

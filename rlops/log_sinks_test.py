@@ -23,9 +23,14 @@ def _feedback(request_id: str, **changes):
   return {"request_id": request_id, "event_time": 1.0, "reward": 4.0, **changes}
 
 
-def _ids(path, table: str) -> list:
+def _table(path, table: str) -> list:
+  """The table's rows, sorted: by request_id, its first column."""
   with sqlite3.connect(path) as connection:
-    return sorted(row[0] for row in connection.execute(f"SELECT request_id FROM {table}"))
+    return sorted(connection.execute(f"SELECT * FROM {table}"))
+
+
+def _ids(path, table: str) -> list:
+  return [row[0] for row in _table(path, table)]
 
 
 def test_rows_outside_the_model_are_rejected_alone_with_a_reason(tmp_path):
@@ -48,11 +53,6 @@ def test_rows_outside_the_model_are_rejected_alone_with_a_reason(tmp_path):
     assert expected in reason
   assert _ids(path, "predictions") == ["ok-1", "ok-2"]
   assert _ids(path, "feedback") == ["ok-1", "ok-2"]
-
-
-def _table(path, table: str) -> list:
-  with sqlite3.connect(path) as connection:
-    return sorted(connection.execute(f"SELECT * FROM {table}"))
 
 
 def test_rows_within_the_limits_are_stored_as_without_limits(tmp_path):
