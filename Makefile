@@ -33,6 +33,7 @@ bench: setup
 	$(PY) bench/pipeline_cost.py
 	$(PY) bench/serving.py
 	$(PY) bench/warehouse_inserts.py
+	$(PY) bench/log_messages.py
 	$(PY) bench/learning_loop.py
 
 lock: setup

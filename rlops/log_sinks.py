@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 import httpx
+import orjson
 
 from rlops import warehouse as warehouse_lib
 
@@ -36,14 +37,37 @@ class LogSink(Protocol):
 
 
 def encode_message(message: Dict[str, Any]) -> bytes:
-  """A message as the data of a Pub/Sub message: JSON in UTF-8."""
-  return json.dumps(message).encode()
+  """A message as the data of a Pub/Sub message: compact JSON in UTF-8 (orjson, 20 times
+  the standard library's speed). A NaN or infinity becomes null, which the Logger refuses
+  as it would the number.
+
+  Raises:
+    ValueError: A row has no JSON form (a string that is not valid Unicode, an integer
+      beyond 64 bits, a value of another type): sending the message again cannot succeed.
+  """
+  try:
+    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+  except orjson.JSONEncodeError as error:
+    raise ValueError(f"the message has no JSON form: {error}") from error
+
+
+def decode_json(data: bytes) -> Any:
+  """Parsed JSON; the standard library reads what orjson refuses (NaN, lone surrogates), so
+  that such a row reaches the row checks and is refused alone, with its reason.
+
+  Raises:
+    ValueError: `data` is not JSON.
+  """
+  try:
+    return orjson.loads(data)
+  except orjson.JSONDecodeError:
+    return json.loads(data)
 
 
 def decode_pubsub_event(data: Dict[str, Any]) -> Dict[str, Any]:
   """The JSON message inside a Pub/Sub `messagePublished` CloudEvent's data."""
   try:
-    return json.loads(base64.b64decode(data["message"]["data"]))
+    return decode_json(base64.b64decode(data["message"]["data"]))
   except (KeyError, TypeError, ValueError) as error:
     raise ValueError(f"not a Pub/Sub message with JSON data: {error}") from error
 

@@ -3,6 +3,7 @@ import base64
 import json
 import concurrent.futures
 import os
+import sqlite3
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from rlops import bigquery
 from rlops import bigquery_test
 from rlops import log_sinks
 from rlops import warehouse as warehouse_lib
+from rlops.serving import outbox
 
 SOURCE = os.path.join(os.path.dirname(logger.__file__), "main.py")
 TOPIC = "projects/rlops-test/topics/rlops-logs"
@@ -71,6 +73,51 @@ def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
   assert store.count_rewarded() == 1
 
 
+def test_a_row_without_a_json_form_is_set_aside_and_the_served_logger_stores_the_rest(tmp_path):
+  """A lone surrogate has no JSON form: the sink refuses the batch for good, so the outbox
+  sends it again row by row and sets that row aside alone; the Logger, served without limits
+  (it refuses a whole message for one bad row, with a 500 the sink would retry), stores the
+  rest."""
+  path = str(tmp_path / "warehouse.sqlite")
+  rows = _message(4)["predictions"]
+  rows[2] = {**rows[2], "request_id": "x\ud800"}
+  with open(tmp_path / "outbox.jsonl", "w") as f:  # As an older server wrote them.
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+  with testing_utils.functions_framework(SOURCE, "log_records",
+                                         {logger.WAREHOUSE_ENV: path}) as url:
+    logs = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), log_sinks.CloudEventSink(url),
+                               batch_seconds=0.01)
+    logs.start()
+    try:
+      assert logs.flush(timeout=60.0)
+    finally:
+      logs.close()
+  assert logs.failures == 0 and logs.dead_letters == 1
+  with open(logs.dead_letter_path) as f:
+    dead = json.loads(f.read())
+  assert dead["row"]["request_id"] == "x\ud800" and "no JSON form" in dead["reason"]
+  with sqlite3.connect(path) as connection:
+    stored = sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
+  assert stored == ["req-0", "req-1", "req-3"]
+
+
+def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refused_alone(tmp_path):
+  """An older publisher's message, with a NaN token and an escaped lone surrogate (neither is
+  JSON orjson reads): the Logger reads it, and under limits refuses those two rows alone."""
+  path = str(tmp_path / "warehouse.sqlite")
+  message = _message(3)
+  message["predictions"][0]["request_id"] = "x\ud800"
+  message["feedback"][1]["reward"] = float("nan")
+  headers, body = log_sinks.pubsub_cloud_event({})
+  body["message"]["data"] = base64.b64encode(json.dumps(message).encode()).decode()
+  env = {logger.WAREHOUSE_ENV: path,
+         "RLOPS_ROW_LIMITS": json.dumps({"rank_k": 2, "num_actions": 10})}
+  with testing_utils.functions_framework(SOURCE, "log_records", env) as url:
+    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+  records = warehouse_lib.Warehouse(path).rewarded_records()
+  assert list(records["request_id"]) == ["req-2"]
+
+
 def test_unknown_fields_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown message fields"):
     log_sinks.write_message({"predicitons": []}, str(tmp_path / "w.sqlite"))
@@ -113,8 +160,8 @@ def test_pubsub_sink_publishes_json_bytes_and_waits_for_pubsub():
                               "source": "endpoint"}]}
   log_sinks.PubSubSink(TOPIC, publisher=publisher).deliver(message)
   assert publisher.published == [(TOPIC, (
-      b'{"predictions": [{"request_id": "r-1", "event_time": 10.5, "observation": [0.5, -1.0], '
-      b'"action": 3, "propensity": 0.9, "model_version": "7", "source": "endpoint"}]}'), {})]
+      b'{"predictions":[{"request_id":"r-1","event_time":10.5,"observation":[0.5,-1.0],'
+      b'"action":3,"propensity":0.9,"model_version":"7","source":"endpoint"}]}'), {})]
   failing = log_sinks.PubSubSink(TOPIC, publisher=FakePublisher(error=RuntimeError("unavailable")))
   with pytest.raises(RuntimeError, match="unavailable"):  # The outbox retries.
     failing.deliver(message)

@@ -36,14 +36,6 @@ def dead_letter_path(outbox_path: str) -> str:
   return outbox_path + ".dead.jsonl"
 
 
-def _loads(line: bytes) -> Any:
-  """A JSON line; the standard library reads what orjson refuses (lone surrogates)."""
-  try:
-    return orjson.loads(line)
-  except orjson.JSONDecodeError:
-    return json.loads(line)
-
-
 def _count_lines(path: str) -> int:
   if not os.path.exists(path):
     return 0
@@ -117,7 +109,7 @@ class OutboxLogger:
     with open(self.outbox_path, "rb") as f:
       for line in f.read(end).splitlines():
         try:
-          yield _loads(line)
+          yield log_sinks.decode_json(line)
         except ValueError:
           continue
 
@@ -210,7 +202,7 @@ class OutboxLogger:
     rows, malformed = [], []
     for line in lines:
       try:
-        rows.append(_loads(line))
+        rows.append(log_sinks.decode_json(line))
       except ValueError as error:
         malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
     return rows, malformed, len(lines), position
