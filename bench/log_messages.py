@@ -62,7 +62,7 @@ def _cpu_us_per_row(rows: int, call: Callable, *args) -> float:
 
 def _logger(decode: Callable, data: bytes, warehouse: str) -> None:
   """The Logger function's work on a message: decode it, check and store its rows."""
-  log_sinks.write_message(decode(data), warehouse)
+  log_sinks.write_rows(decode(data), warehouse)
 
 
 def measure(rows: int, repetitions: int, seed: int,

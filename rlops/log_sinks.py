@@ -78,19 +78,6 @@ def _warehouse(uri: str):
   return warehouse_lib.open_warehouse(uri)
 
 
-def write_message(message: Dict[str, Any], warehouse_uri: str) -> Dict[str, int]:
-  """What the Logger does with a message: writes its rows; returns how many were new.
-
-  Args:
-    message: {"predictions": [...], "feedback": [...]}.
-    warehouse_uri: "bq://project.dataset" or the path of a SQLite warehouse.
-  """
-  _check_fields(message)
-  store = _warehouse(warehouse_uri)
-  return {"predictions": store.insert_predictions(message.get("predictions", [])),
-          "feedback": store.insert_feedback(message.get("feedback", []))}
-
-
 def _check_fields(message: Dict[str, Any]) -> None:
   """Raises ValueError unless `message` is an object of lists of rows, by kind."""
   if not isinstance(message, dict):
@@ -124,25 +111,7 @@ class RowLimits:
   min_reward: float = -100.0
   max_reward: float = 100.0
 
-  def _prediction_outcome(self, row: Dict[str, Any]) -> Union[tuple, str]:
-    """The row as the warehouse stores it, or why the warehouse or these limits refuse it."""
-    try:
-      values = warehouse_lib.prediction_values(row)
-    except ValueError as error:
-      return str(error)
-    return self._outside(row, values) or values
-
-  def split_predictions(self, rows: List[Dict[str, Any]]) -> Tuple[List[tuple], List[Rejected]]:
-    """(the stored values of the prediction rows the warehouse and these limits accept, the
-    others with their reasons). The warehouse checks plain rows as one batch, others alone."""
-    try:
-      values = warehouse_lib.predictions_values(rows)
-    except ValueError:
-      return _split(rows, [self._prediction_outcome(row) for row in rows])
-    return _split(rows, [self._outside(row, row_values) or row_values
-                         for row, row_values in zip(rows, values)])
-
-  def _outside(self, row: Dict[str, Any], values: tuple) -> Optional[str]:
+  def prediction_problem(self, row: Dict[str, Any], values: tuple) -> Optional[str]:
     """Why these limits refuse a row the warehouse stores as `values`; None if they do not."""
     request_id, _, _, action, propensity, _, _ = values
     if len(row["observation"]) != self.rank_k:
@@ -155,22 +124,52 @@ class RowLimits:
               f"{self.min_propensity!r}")
     return None
 
-  def _feedback_outcome(self, row: Dict[str, Any]) -> Union[tuple, str]:
-    """The row as the warehouse stores it, or why the warehouse or these limits refuse it."""
-    try:
-      values = warehouse_lib.feedback_values(row)
-    except ValueError as error:
-      return str(error)
+  def feedback_problem(self, values: tuple) -> Optional[str]:
+    """Why these limits refuse feedback the warehouse stores as `values`; None if they do not."""
     request_id, _, reward = values
     if self.min_reward <= reward <= self.max_reward:
-      return values
+      return None
     return (f"request_id {request_id!r}: reward {reward!r} is outside "
             f"[{self.min_reward!r}, {self.max_reward!r}]")
 
-  def split_feedback(self, rows: List[Dict[str, Any]]) -> Tuple[List[tuple], List[Rejected]]:
-    """(the stored values of the feedback rows the warehouse and these limits accept, the
-    others with their reasons)."""
-    return _split(rows, [self._feedback_outcome(row) for row in rows])
+
+def _prediction_outcome(row: Dict[str, Any], limits: Optional[RowLimits]) -> Union[tuple, str]:
+  """The row as the warehouse stores it, or why the warehouse or `limits` refuse it."""
+  try:
+    values = warehouse_lib.prediction_values(row)
+  except ValueError as error:
+    return str(error)
+  return (limits and limits.prediction_problem(row, values)) or values
+
+
+def split_predictions(rows: List[Dict[str, Any]],
+                      limits: Optional[RowLimits] = None) -> Tuple[List[tuple], List[Rejected]]:
+  """(the stored values of the prediction rows the warehouse and `limits`, if any, accept, the
+  others with their reasons). The warehouse checks plain rows as one batch, others alone."""
+  try:
+    values = warehouse_lib.predictions_values(rows)
+  except ValueError:
+    return _split(rows, [_prediction_outcome(row, limits) for row in rows])
+  if limits is None:
+    return values, []
+  return _split(rows, [limits.prediction_problem(row, row_values) or row_values
+                       for row, row_values in zip(rows, values)])
+
+
+def _feedback_outcome(row: Dict[str, Any], limits: Optional[RowLimits]) -> Union[tuple, str]:
+  """The row as the warehouse stores it, or why the warehouse or `limits` refuse it."""
+  try:
+    values = warehouse_lib.feedback_values(row)
+  except ValueError as error:
+    return str(error)
+  return (limits and limits.feedback_problem(values)) or values
+
+
+def split_feedback(rows: List[Dict[str, Any]],
+                   limits: Optional[RowLimits] = None) -> Tuple[List[tuple], List[Rejected]]:
+  """(the stored values of the feedback rows the warehouse and `limits`, if any, accept, the
+  others with their reasons)."""
+  return _split(rows, [_feedback_outcome(row, limits) for row in rows])
 
 
 def _split(rows: List[Dict[str, Any]],
@@ -185,17 +184,20 @@ def _split(rows: List[Dict[str, Any]],
   return accepted, rejected
 
 
-def write_within_limits(message: Dict[str, Any], warehouse_uri: str,
-                        limits: RowLimits) -> Tuple[Dict[str, int], List[Rejected]]:
-  """What the Logger does with a message under `limits`: writes the rows the warehouse and
-  `limits` accept, each row checked once.
+def write_rows(message: Dict[str, Any], warehouse_uri: str,
+               limits: Optional[RowLimits] = None) -> Tuple[Dict[str, int], List[Rejected]]:
+  """What the Logger function does with a message: writes the rows the warehouse and `limits`,
+  if any, accept, each row checked once, and refuses the others alone.
 
   Returns:
     (how many rows were new, by kind; {"row", "reason"} of each row refused).
+
+  Raises:
+    ValueError: `message` is not an object of lists of rows.
   """
   _check_fields(message)
-  predictions, rejected = limits.split_predictions(message.get("predictions", []))
-  feedback, rejected_feedback = limits.split_feedback(message.get("feedback", []))
+  predictions, rejected = split_predictions(message.get("predictions", []), limits)
+  feedback, rejected_feedback = split_feedback(message.get("feedback", []), limits)
   store = _warehouse(warehouse_uri)
   return ({"predictions": store.insert_prediction_values(predictions),
            "feedback": store.insert_feedback_values(feedback)}, rejected + rejected_feedback)
@@ -204,8 +206,8 @@ def write_within_limits(message: Dict[str, Any], warehouse_uri: str,
 class InProcessSink:
   """Runs the Logger's code in this process, writing to a SQLite path or bq:// warehouse.
 
-  With `limits`, the rows within them are written and the others rejected: `deliver`
-  then raises RejectedMessage naming them, after writing the rest.
+  The rows the warehouse and `limits` (if any) accept are written, and the others
+  rejected: `deliver` then raises RejectedMessage naming them, after writing the rest.
   """
 
   def __init__(self, warehouse_uri: str, limits: Optional[RowLimits] = None):
@@ -213,10 +215,7 @@ class InProcessSink:
     self.limits = limits
 
   def deliver(self, message: Dict[str, Any]) -> None:
-    if self.limits is None:
-      write_message(message, self.warehouse_uri)
-      return
-    _, rejected = write_within_limits(message, self.warehouse_uri, self.limits)
+    _, rejected = write_rows(message, self.warehouse_uri, self.limits)
     if rejected:
       raise RejectedMessage(f"{len(rejected)} row(s) rejected: "
                             + "; ".join(entry["reason"] for entry in rejected)[:2000])

@@ -64,23 +64,21 @@ def test_rows_within_the_limits_are_stored_as_without_limits(tmp_path):
          "feedback": [_feedback("low", reward=-1.0)]}
   message = {kind: bad[kind][:1] + good[kind] + bad[kind][1:] for kind in good}
   limited, plain = str(tmp_path / "limited.sqlite"), str(tmp_path / "plain.sqlite")
-  counts, rejected = log_sinks.write_within_limits(message, limited, LIMITS)
-  assert counts == log_sinks.write_message(good, plain) == {"predictions": 2, "feedback": 2}
+  counts, rejected = log_sinks.write_rows(message, limited, LIMITS)
+  assert counts == log_sinks.write_rows(good, plain)[0] == {"predictions": 2, "feedback": 2}
   assert [entry["row"]["request_id"] for entry in rejected] == ["long", "sent", "low"]
   assert "'sent': source must be" in rejected[1]["reason"]
   for table in ("predictions", "feedback"):
     assert _table(limited, table) == _table(plain, table)
-  assert log_sinks.write_within_limits(message, limited, LIMITS)[0] == {"predictions": 0,
-                                                                          "feedback": 0}
+  assert log_sinks.write_rows(message, limited, LIMITS)[0] == {"predictions": 0, "feedback": 0}
 
 
 @pytest.mark.parametrize("message", [[], {"predictions": 5}, {"feedback": {"request_id": "x"}}])
 def test_a_message_not_made_of_lists_of_rows_is_refused_for_good(tmp_path, message):
   path = str(tmp_path / "warehouse.sqlite")
-  for write in (log_sinks.write_message,
-                lambda message, path: log_sinks.write_within_limits(message, path, LIMITS)):
+  for limits in (None, LIMITS):
     with pytest.raises(ValueError, match="a message is a JSON object|must be a list of rows"):
-      write(message, path)
+      log_sinks.write_rows(message, path, limits)
 
 
 def test_the_outbox_sets_aside_exactly_the_rows_outside_the_limits(tmp_path):

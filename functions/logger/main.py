@@ -3,7 +3,7 @@
 Production: a Cloud Function on the Pub/Sub topic the endpoint and the Simulator
 publish to (`rlops.log_sinks.PubSubSink`; entry point `log_records`), writing to
 BigQuery with RLOPS_WAREHOUSE=bq://project.dataset. Locally: the same code
-(`rlops.log_sinks.write_message`) on a SQLite file, called in process by
+(`rlops.log_sinks.write_rows`) on a SQLite file, called in process by
 `rlops.log_sinks.InProcessSink`, or served by functions-framework:
 
     RLOPS_WAREHOUSE=$PWD/rlops-work/warehouse.sqlite functions-framework \\
@@ -27,19 +27,16 @@ WAREHOUSE_ENV = "RLOPS_WAREHOUSE"
 def log_records(cloud_event) -> None:
   """Cloud Function entry point: a Pub/Sub message of prediction logs and feedback.
 
-  With RLOPS_ROW_LIMITS (the served model's dimensions and ranges, `RowLimits`),
-  rows outside them are rejected alone: the others are written, and the rejected
-  rows are logged with their reasons and acknowledged, since a redelivery could
-  not change them. A failure to write raises, so Pub/Sub redelivers the message.
+  A row the warehouse cannot store, or outside RLOPS_ROW_LIMITS (the served model's
+  dimensions and ranges, `RowLimits`) where that is set, is rejected alone: the others
+  are written, and the rejected rows are logged with their reasons and acknowledged,
+  since a redelivery could not change them. A message that is not JSON of lists of rows,
+  or a failure to write, raises, so Pub/Sub redelivers the message.
   """
   uri = os.environ.get(WAREHOUSE_ENV)
   if not uri:
     raise RuntimeError(f"{WAREHOUSE_ENV} is not set")
   message = log_sinks.decode_pubsub_event(cloud_event.data)
-  limits = log_sinks.limits_from_env()
-  if limits is None:
-    log_sinks.write_message(message, uri)
-    return
-  _, rejected = log_sinks.write_within_limits(message, uri, limits)
+  _, rejected = log_sinks.write_rows(message, uri, log_sinks.limits_from_env())
   if rejected:
     print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))

@@ -45,14 +45,33 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
     sink.deliver(_message(30))
     sink.deliver(_message(30))  # At-least-once delivery: the same message again.
     sink.deliver(_message(10, start=25))
-    headers, body = log_sinks.pubsub_cloud_event({"predictions": [{"request_id": "x"}]})
-    assert httpx.post(url, headers=headers, json=body).status_code == 500
     headers, body = log_sinks.pubsub_cloud_event({})
     body["message"]["data"] = "not base64 json"
     assert httpx.post(url, headers=headers, json=body).status_code == 500
   records = warehouse_lib.Warehouse(path).rewarded_records()
   assert sorted(records["request_id"]) == sorted(f"req-{i}" for i in range(35))
   assert (records["reward"] == 4.0).all() and (records["action"] == 3).all()
+
+
+def test_rows_the_warehouse_cannot_store_are_rejected_alone_without_limits(tmp_path):
+  """A NaN reward, a row missing fields and a negative propensity are refused alone with a
+  200 (Pub/Sub would otherwise redeliver, then dead-letter the valid rows with them)."""
+  path = str(tmp_path / "warehouse.sqlite")
+  message = _message(4)
+  message["predictions"][1] = {"request_id": "req-1"}
+  message["predictions"][2]["propensity"] = -0.25
+  message["feedback"][3]["reward"] = float("nan")
+  with testing_utils.functions_framework(SOURCE, "log_records",
+                                         {logger.WAREHOUSE_ENV: path}) as url:
+    headers, body = log_sinks.pubsub_cloud_event(message)
+    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+  store = warehouse_lib.Warehouse(path)
+  assert list(store.rewarded_records()["request_id"]) == ["req-0"]
+  with sqlite3.connect(path) as connection:
+    assert sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions")) == [
+        "req-0", "req-3"]
+    assert sorted(row[0] for row in connection.execute("SELECT request_id FROM feedback")) == [
+        "req-0", "req-1", "req-2"]
 
 
 def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
@@ -120,7 +139,7 @@ def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refuse
 
 def test_unknown_fields_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown message fields"):
-    log_sinks.write_message({"predicitons": []}, str(tmp_path / "w.sqlite"))
+    log_sinks.write_rows({"predicitons": []}, str(tmp_path / "w.sqlite"))
 
 
 class FakePublisher:
@@ -202,7 +221,7 @@ def test_what_pubsub_sink_publishes_the_deployed_entry_point_writes(tmp_path, mo
   assert (records["reward"] == 4.0).all() and (records["action"] == 3).all()
 
 
-def test_deployed_entry_point_merges_into_bigquery(monkeypatch):
+def test_deployed_entry_point_merges_into_bigquery(monkeypatch, capsys):
   client = bigquery_test.FakeClient()
   projects = []
   monkeypatch.setattr(bigquery, "make_client", lambda project: projects.append(project) or client)
@@ -223,8 +242,12 @@ def test_deployed_entry_point_merges_into_bigquery(monkeypatch):
   rows = bigquery_test.merged_rows(client)
   assert rows[f"{table}.predictions"] == message["predictions"] * 2
   assert rows[f"{table}.feedback"] == message["feedback"] * 2
-  assert log_sinks.write_message(message, bigquery_test.URI) == {"predictions": 0, "feedback": 0}
-  with pytest.raises(ValueError, match="propensity"):
-    logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
-        {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {}, message_id="43"))
+  assert log_sinks.write_rows(message, bigquery_test.URI) == ({"predictions": 0, "feedback": 0},
+                                                               [])
+  capsys.readouterr()
+  # Refused alone and acknowledged, without a query: a redelivery could not change it.
+  logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
+      {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {}, message_id="43"))
   assert len(client.requests) == setup + 6
+  warning = json.loads(capsys.readouterr().out)
+  assert warning["severity"] == "WARNING" and "propensity" in warning["rejected_rows"][0]["reason"]
