@@ -93,10 +93,9 @@ def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
 
 
 def test_a_row_without_a_json_form_is_set_aside_and_the_served_logger_stores_the_rest(tmp_path):
-  """A lone surrogate has no JSON form: the sink refuses the batch for good, so the outbox
-  sends it again row by row and sets that row aside alone; the Logger, served without limits
-  (it refuses a whole message for one bad row, with a 500 the sink would retry), stores the
-  rest."""
+  """A lone surrogate has no JSON form: the sink refuses the batch for good, before sending
+  it, so the outbox sends it again row by row, sets that row aside alone at the endpoint, and
+  the served Logger stores the rest."""
   path = str(tmp_path / "warehouse.sqlite")
   rows = _message(4)["predictions"]
   rows[2] = {**rows[2], "request_id": "x\ud800"}
