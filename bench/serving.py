@@ -31,7 +31,7 @@ other than the event loop's, which deliver the log): where logging's cost goes
 apart from throughput. Writes a JSON of the figures and a PNG of the latency
 distributions.
 
-  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 8]
+  .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 5]
 """
 import argparse
 import asyncio
@@ -96,9 +96,12 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 GRACE_SECONDS = 10.0  # No request starts later than this after the window.
 STARTUP_SECONDS = 600.0  # Six processes import TensorFlow at once on a shared machine.
 FLUSH_SECONDS = 60.0
-# Each variant early and late in a block, the block repeated (--blocks): drift of the shared
-# machine falls on all alike.
-CLOSED_LOOP_BLOCK = ("baseline", "on", "none", "on1", "on1", "none", "on", "baseline")
+# A round is slower after some variants than after others (by up to 14% after a saturating
+# one): each variant runs three times in a block, right after each other variant once (the
+# block is a cycle through every ordered pair of variants), so what a round leaves behind
+# falls on all alike; the block is repeated (--blocks) so that drift does too.
+CLOSED_LOOP_BLOCK = ("baseline", "on", "none", "on1", "baseline", "none", "on", "on1", "none",
+                     "baseline", "on1", "on")
 # Targets of the issue.
 P99_TARGET_MS = 10.0
 THROUGHPUT_GAIN_TARGET = 3.0
@@ -459,6 +462,9 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
           # Both counters tick at SC_CLK_TCK: read apart, they may differ by a tick below zero.
           "other_threads_cpu_us_per_request": max(cpu_all - cpu_main, 0.0),
           "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
+          "rps_after": {before: float(np.mean([len(run["latencies"]) / max(run["elapsed"], 1e-9)
+                                               for run in runs if run["after"] == before]))
+                        for before in sorted({run["after"] for run in runs} - {None})},
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),
           "unsent": sum(run["unsent"] for run in runs)}
@@ -492,6 +498,7 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
     schedule = ([("open", name, args.seconds, args.rate) for name in VARIANTS]
                 + [("closed", name, args.seconds / 2, None)
                    for name in CLOSED_LOOP_BLOCK * args.blocks])
+    previous = None  # The closed-loop round before.
     for mode, name, seconds, rate in schedule:
       flush_all(servers)
       cpu_before = cpu_seconds(servers[name]["processes"])
@@ -500,6 +507,8 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
       flush_all(servers)  # The CPU of delivering this run's log counts too.
       result["cpu_seconds"] = cpu_seconds(servers[name]["processes"]) - cpu_before
       servers[name]["statuses"].update(result["all_statuses"])
+      result["after"] = previous
+      previous = name if mode == "closed" else None
       raw[mode][name].append(result)
     flushed = flush_all(servers)
     checks = {}
@@ -598,8 +607,12 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
         + f"; logging's part of on's: {(cpu['on'] - cpu['none']) / cpu['on']:.0%}")
   paired = [on / none for on, none in zip(closed["on"]["rps_per_run"],
                                           closed["none"]["rps_per_run"])]
-  print(f"  on / none in adjacent rounds (one pair early and one late per block): median "
+  print(f"  on / none of the i-th rounds of each (in the same block): median "
         f"{np.median(paired):.2f}, {min(paired):.2f} to {max(paired):.2f}")
+  print("  req/s by the variant run just before: " + "; ".join(
+      f"{name} " + ", ".join(f"after {before} {rps:.0f}"
+                             for before, rps in closed[name]["rps_after"].items())
+      for name in closed))
   intervals = serving["closed_ratio_intervals"]
   print("  closed-loop ratios (90% bootstrap interval over the rounds): " + ", ".join(
       f"{a}/{b} {closed[a]['rps'] / closed[b]['rps']:.2f} "
@@ -653,9 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open-loop requests per second (default: %(default)s)")
   parser.add_argument("--concurrency", type=int, default=16,
                       help="keep-alive connections (default: %(default)s)")
-  parser.add_argument("--blocks", type=int, default=8,
-                      help="closed-loop blocks, each a round of every variant early and one "
-                           "late (default: %(default)s)")
+  parser.add_argument("--blocks", type=int, default=5,
+                      help="closed-loop blocks, each three rounds of every variant, one right "
+                           "after each other variant (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
                       help="data and training (default: %(default)s)")
   parser.add_argument("--output-dir", type=pathlib.Path,
