@@ -96,7 +96,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 GRACE_SECONDS = 10.0  # No request starts later than this after the window.
 STARTUP_SECONDS = 600.0  # Six processes import TensorFlow at once on a shared machine.
 FLUSH_SECONDS = 60.0
-# A round is slower after some variants than after others (by up to 14% after a saturating
+# A round is slower after some variants than after others (by up to 12% after a saturating
 # one): each variant runs three times in a block, right after each other variant once (the
 # block is a cycle through every ordered pair of variants), so what a round leaves behind
 # falls on all alike; the block is repeated (--blocks) so that drift does too.
@@ -457,13 +457,14 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
   answered = max(sum(sum(run["all_statuses"].values()) for run in runs), 1)
   cpu_all, cpu_main = (float(us) for us in 1e6 * sum(run["cpu_seconds"] for run in runs)
                        / answered)
+  rps = [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs]
   return {**summarize(latencies), "rps": len(latencies) / max(elapsed, 1e-9), "seconds": elapsed,
           "server_cpu_us_per_request": cpu_all,
           # Both counters tick at SC_CLK_TCK: read apart, they may differ by a tick below zero.
           "other_threads_cpu_us_per_request": max(cpu_all - cpu_main, 0.0),
-          "rps_per_run": [len(run["latencies"]) / max(run["elapsed"], 1e-9) for run in runs],
-          "rps_after": {before: float(np.mean([len(run["latencies"]) / max(run["elapsed"], 1e-9)
-                                               for run in runs if run["after"] == before]))
+          "rps_per_run": rps,
+          "rps_after": {before: float(np.mean([run_rps for run_rps, run in zip(rps, runs)
+                                               if run["after"] == before]))
                         for before in sorted({run["after"] for run in runs} - {None})},
           "non_200": sum(n for run in runs for status, n in run["timed_statuses"].items()
                          if status != "200"),

@@ -91,7 +91,7 @@ def _check_fields(message: Dict[str, Any]) -> None:
 
 
 class RejectedMessage(ValueError):
-  """Rows of a message were refused for good (by the Logger, or by `RowLimits`)."""
+  """Rows of a message were refused for good (by the Logger, or by `write_rows` in process)."""
 
 
 @dataclasses.dataclass(frozen=True)
