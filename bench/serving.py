@@ -418,8 +418,8 @@ def start_servers(model_dir: str, workdir: str, stack: contextlib.ExitStack) -> 
     servers[variant] = {"port": port, "processes": processes, "served": served,
                         "warehouse": (None if variant in ("none", "pubsub") else
                                       os.path.join(workdir, variant, "warehouse.sqlite")),
-                    "outboxes": [os.path.join(workdir, variant, f"outbox-{index}.jsonl")
-                                 for index in range(workers)],
+                        "outboxes": [os.path.join(workdir, variant, f"outbox-{index}.jsonl")
+                                     for index in range(workers)],
                         "statuses": collections.Counter()}
   deadline = time.monotonic() + STARTUP_SECONDS
   for variant, entry in servers.items():
