@@ -448,6 +448,7 @@ def _drained(outbox_paths: List[str]) -> bool:
 
 
 def _flushed(variant: str, entry: Dict[str, Any]) -> bool:
+  """Whether a variant's log is all delivered (always, for `none`, which keeps none)."""
   if entry["warehouse"] is not None:
     return _warehouse_rows(entry["warehouse"]) >= entry["statuses"]["200"]
   return variant != "pubsub" or _drained(entry["outboxes"])
