@@ -26,6 +26,8 @@ concurrency, for each variant (all run at once; the idle ones wait):
             emulator on loopback, on the same CPUs), as the Vertex endpoint does: the
             Logger that writes the warehouse from the topic runs off the serving machine
             there and is not run here; the rows on the topic are counted at the end.
+  outbox    as `on`, each outbox delivering to a sink that drops the messages: the
+            endpoint's own part of logging, its sink's work (the Logger's, Pub/Sub's) left out.
 Prints figures as ratios against baselines measured in the same run, each
 closed-loop ratio with a 90% bootstrap interval over the rounds (how far this
 machine's noise leaves it open), and whether each target is met (it never fails
@@ -33,7 +35,8 @@ on a target); and each variant's server CPU time per request (all its processes
 and threads, from /proc, delivering its log included, and apart the threads
 other than the event loop's, which deliver the log): where logging's cost goes
 apart from throughput. Writes a JSON of the figures and a PNG of the latency
-distributions. Needs the Cloud CLI's Pub/Sub emulator (`gcloud beta emulators pubsub`).
+distributions. Needs the Cloud CLI's Pub/Sub emulator (`gcloud beta emulators pubsub`), whose
+CPU per request of the pubsub rounds is printed too: on Vertex it is not the serving machine's.
 
   .venv/bin/python bench/serving.py [--seconds 10] [--rate 500] [--concurrency 16] [--blocks 3]
 """
@@ -102,13 +105,14 @@ GRACE_SECONDS = 10.0  # No request starts later than this after the window.
 STARTUP_SECONDS = 600.0  # Eight processes import TensorFlow at once on a shared machine.
 FLUSH_SECONDS = 60.0
 # A round is slower after some variants than after others (by up to 12% after a saturating
-# one): each variant runs four times in a block, right after each other variant once (the
-# block is a cycle through every ordered pair of variants, each variant's rounds spread
-# out), so what a round leaves behind falls on all alike; the block is repeated (--blocks)
+# one): each variant runs five times in a block, right after each other variant once (the
+# block is a cycle through every ordered pair of variants, rounds of a variant at least four
+# apart), so what a round leaves behind falls on all alike; the block is repeated (--blocks)
 # so that drift does too.
-CLOSED_LOOP_BLOCK = ("baseline", "on1", "none", "pubsub", "on", "on1", "baseline", "none", "on1",
-                     "pubsub", "baseline", "on", "none", "baseline", "pubsub", "on1", "on",
-                     "pubsub", "none", "on")
+CLOSED_LOOP_BLOCK = ("baseline", "on1", "none", "pubsub", "baseline", "on", "on1", "pubsub",
+                     "none", "baseline", "outbox", "pubsub", "on", "none", "outbox", "on1",
+                     "baseline", "none", "on", "pubsub", "on1", "outbox", "on", "baseline",
+                     "pubsub", "outbox", "none", "on1", "on", "outbox")
 # The Pub/Sub emulator's project and topic the pubsub variant publishes to.
 PUBSUB_PROJECT = "rlops-bench"
 PUBSUB_TOPIC = f"projects/{PUBSUB_PROJECT}/topics/rlops-logs"
@@ -120,7 +124,7 @@ THROUGHPUT_GAIN_TARGET = 3.0
 THROUGHPUT_LOSS_TARGET = 0.10
 # Closed-loop throughput ratios printed, each with a bootstrap interval over the rounds.
 RATIOS = (("on", "baseline"), ("on1", "baseline"), ("on", "on1"), ("on", "none"),
-          ("pubsub", "none"))
+          ("pubsub", "none"), ("outbox", "none"))
 BOOTSTRAP_RESAMPLES = 10_000
 VARIANTS = {
     "baseline": "rlops/server.py before the split, 1 process, uvicorn asyncio + h11, logging on",
@@ -130,6 +134,7 @@ VARIANTS = {
     "none": "as on, no outbox (rows dropped)",
     "on1": "as on, 1 process",
     "pubsub": "as on, PubSubSink to a topic of the Pub/Sub emulator (the Logger not run)",
+    "outbox": "as on, the outboxes' sink drops the messages",
 }
 
 
@@ -138,6 +143,9 @@ class DiscardSink:
 
   def deliver(self, message: Dict[str, Any]) -> None:
     del message
+
+  def deliver_encoded(self, data: bytes) -> None:
+    del data
 
 
 class NoOutbox:
@@ -195,6 +203,7 @@ def server_process(variant: str, index: int, port: int, model_dir: str, workdir:
     return
   if variant == "none":
     outbox.OutboxLogger = NoOutbox
+  if variant in ("none", "outbox"):
     sink = DiscardSink()
   if variant == "pubsub":  # PUBSUB_EMULATOR_HOST is inherited from the parent.
     sink = log_sinks.PubSubSink(PUBSUB_TOPIC)
@@ -416,7 +425,7 @@ def start_servers(model_dir: str, workdir: str, stack: contextlib.ExitStack) -> 
     stack.callback(_stop, processes)
     # Kept: the children open the table's lock by name, which its finalizer removes.
     servers[variant] = {"port": port, "processes": processes, "served": served,
-                        "warehouse": (None if variant in ("none", "pubsub") else
+                        "warehouse": (None if variant in ("none", "pubsub", "outbox") else
                                       os.path.join(workdir, variant, "warehouse.sqlite")),
                         "outboxes": [os.path.join(workdir, variant, f"outbox-{index}.jsonl")
                                      for index in range(workers)],
@@ -451,12 +460,13 @@ def _flushed(variant: str, entry: Dict[str, Any]) -> bool:
   """Whether a variant's log is all delivered (always, for `none`, which keeps none)."""
   if entry["warehouse"] is not None:
     return _warehouse_rows(entry["warehouse"]) >= entry["statuses"]["200"]
-  return variant != "pubsub" or _drained(entry["outboxes"])
+  return variant == "none" or _drained(entry["outboxes"])
 
 
 def flush_all(servers: Dict[str, Any]) -> None:
   """Waits (bounded) until each logging variant's warehouse holds every answered prediction,
-  or, for the pubsub variant, until its outboxes are drained (acknowledged by Pub/Sub)."""
+  or, for the pubsub and outbox variants, until their outboxes are drained (for pubsub:
+  acknowledged by Pub/Sub)."""
   for variant, entry in servers.items():
     deadline = time.monotonic() + FLUSH_SECONDS
     while not _flushed(variant, entry) and time.monotonic() < deadline:
@@ -493,6 +503,23 @@ def published_request_ids(stack: contextlib.ExitStack) -> Callable[[], int]:
   return count
 
 
+def emulator_cpu_seconds(host: str) -> float:
+  """User and system CPU seconds the Pub/Sub emulator at `host` has used so far: the
+  processes of the session `testing_utils.pubsub_emulator` starts it in (gcloud and Java)."""
+  stats = {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    with contextlib.suppress(OSError):  # Gone meanwhile.
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read().split(b"\0")
+      with open(f"/proc/{pid}/stat") as f:
+        stats[pid] = (cmdline, f.read().rsplit(")", 1)[1].split())
+  option = f"--host-port={host}".encode()
+  leaders = [pid for pid, (cmdline, _) in stats.items() if option in cmdline]
+  ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in stats.values()
+              if fields[3] in leaders)  # Field 6 of stat: the session.
+  return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_ticks(stat_path: str) -> int:
   with open(stat_path) as f:
     fields = f.read().rsplit(")", 1)[1].split()
@@ -510,7 +537,8 @@ def cpu_seconds(processes: List[multiprocessing.Process]) -> np.ndarray:
 
 
 def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-  """Latency percentiles, throughput and server CPU per request of runs of the same variant."""
+  """Latency percentiles, throughput, and server and Pub/Sub emulator CPU per request of runs
+  of the same variant."""
   latencies = list(itertools.chain.from_iterable(run["latencies"] for run in runs))
   elapsed = sum(run["elapsed"] for run in runs)
   answered = max(sum(sum(run["all_statuses"].values()) for run in runs), 1)
@@ -521,6 +549,8 @@ def pooled(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
           "server_cpu_us_per_request": cpu_all,
           # Both counters tick at SC_CLK_TCK: read apart, they may differ by a tick below zero.
           "other_threads_cpu_us_per_request": max(cpu_all - cpu_main, 0.0),
+          "emulator_cpu_us_per_request": 1e6 * sum(run["emulator_cpu_seconds"] for run in runs)
+                                         / answered,
           "rps_per_run": rps,
           "rps_after": {before: float(np.mean([run_rps for run_rps, run in zip(rps, runs)
                                                if run["after"] == before]))
@@ -555,6 +585,7 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
   load_before = os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
     count_published = published_request_ids(stack)
+    emulator_host = os.environ["PUBSUB_EMULATOR_HOST"]
     servers = start_servers(model_dir, workdir, stack)
     schedule = ([("open", name, args.seconds, args.rate) for name in VARIANTS]
                 + [("closed", name, args.seconds / 2, None)
@@ -563,10 +594,12 @@ def serving_benchmark(model_dir: str, contexts: np.ndarray, connection,
     for mode, name, seconds, rate in schedule:
       flush_all(servers)
       cpu_before = cpu_seconds(servers[name]["processes"])
+      emulator_before = emulator_cpu_seconds(emulator_host)
       result = run_load(connection, f"{mode} loop, {name}", port=servers[name]["port"],
                         bodies=bodies, concurrency=args.concurrency, seconds=seconds, rate=rate)
       flush_all(servers)  # The CPU of delivering this run's log counts too.
       result["cpu_seconds"] = cpu_seconds(servers[name]["processes"]) - cpu_before
+      result["emulator_cpu_seconds"] = emulator_cpu_seconds(emulator_host) - emulator_before
       servers[name]["statuses"].update(result["all_statuses"])
       result["after"] = previous
       previous = name if mode == "closed" else None
@@ -669,8 +702,12 @@ def print_serving(serving: Dict[str, Any], act: Dict[str, float], args: argparse
         "included; in brackets, threads other than the event loop's, which deliver the log): "
         + ", ".join(f"{name} {us:.0f} us ({closed[name]['other_threads_cpu_us_per_request']:.0f})"
                     for name, us in cpu.items())
-        + f"; logging's part of on's: {(cpu['on'] - cpu['none']) / cpu['on']:.0%}, of "
-        f"pubsub's: {(cpu['pubsub'] - cpu['none']) / cpu['pubsub']:.0%}")
+        + "; logging's part of " + ", ".join(
+            f"{name}'s: {(cpu[name] - cpu['none']) / cpu[name]:.0%}"
+            for name in ("on", "pubsub", "outbox")))
+  print("  closed loop, the Pub/Sub emulator's CPU per request (Java, on the same CPUs; on "
+        "Vertex, Google's): " + ", ".join(
+            f"{name} {f['emulator_cpu_us_per_request']:.1f} us" for name, f in closed.items()))
   paired = [on / none for on, none in zip(closed["on"]["rps_per_run"],
                                           closed["none"]["rps_per_run"])]
   print(f"  on / none of the i-th rounds of each (in the same block): median "
@@ -737,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--concurrency", type=int, default=16,
                       help="keep-alive connections (default: %(default)s)")
   parser.add_argument("--blocks", type=int, default=3,
-                      help="closed-loop blocks, each four rounds of every variant, one right "
+                      help="closed-loop blocks, each five rounds of every variant, one right "
                            "after each other variant (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
                       help="data and training (default: %(default)s)")

@@ -4,6 +4,7 @@ and where they go (Pub/Sub to the Logger function, a CloudEvent over HTTP, or in
 A message is JSON: {"predictions": [...], "feedback": [...]}, either list optional, rows as
 in `rlops.warehouse`. Delivery is at least once; the warehouse de-duplicates by request_id.
 """
+import abc
 import base64
 import dataclasses
 import functools
@@ -28,11 +29,17 @@ _TOPIC_RE = re.compile(r"projects/[^/\s]+/topics/[^/\s]+")
 class LogSink(Protocol):
   """Delivers one message {"predictions": [...], "feedback": [...]}; raises on failure.
 
-  ValueError means the message is rejected for good (a row the warehouse cannot
-  store): sending it again cannot succeed. Any other exception is retryable.
+  `deliver` takes the message, `deliver_encoded` the message's JSON as `encode_message`
+  or `encode_predictions` give it: the endpoint's outbox delivers its lines as they are,
+  never decoded and encoded again. ValueError means the message is rejected for good (a
+  row the warehouse cannot store): sending it again cannot succeed. Any other exception
+  is retryable.
   """
 
   def deliver(self, message: Dict[str, Any]) -> None:
+    ...
+
+  def deliver_encoded(self, data: bytes) -> None:
     ...
 
 
@@ -49,6 +56,11 @@ def encode_message(message: Dict[str, Any]) -> bytes:
     return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
   except orjson.JSONEncodeError as error:
     raise ValueError(f"the message has no JSON form: {error}") from error
+
+
+def encode_predictions(rows: List[bytes]) -> bytes:
+  """The message {"predictions": rows} of rows already encoded as JSON (no line ends)."""
+  return b'{"predictions":[' + b",".join(rows) + b"]}"
 
 
 def decode_json(data: bytes) -> Any:
@@ -214,6 +226,10 @@ class InProcessSink:
     self.warehouse_uri = warehouse_uri
     self.limits = limits
 
+  def deliver_encoded(self, data: bytes) -> None:
+    """Raises ValueError if `data` is not JSON, as the Logger refuses it."""
+    self.deliver(decode_json(data))
+
   def deliver(self, message: Dict[str, Any]) -> None:
     _, rejected = write_rows(message, self.warehouse_uri, self.limits)
     if rejected:
@@ -221,7 +237,18 @@ class InProcessSink:
                             + "; ".join(entry["reason"] for entry in rejected)[:2000])
 
 
-class PubSubSink:
+class EncodingSink(abc.ABC):
+  """A sink of encoded messages: `deliver` encodes the message for `deliver_encoded`."""
+
+  def deliver(self, message: Dict[str, Any]) -> None:
+    self.deliver_encoded(encode_message(message))
+
+  @abc.abstractmethod
+  def deliver_encoded(self, data: bytes) -> None:
+    """Delivers the message's JSON."""
+
+
+class PubSubSink(EncodingSink):
   """Publishes each message to the Pub/Sub topic the Logger function is triggered by.
 
   `deliver` waits until Pub/Sub has the message and raises otherwise, so the
@@ -244,13 +271,15 @@ class PubSubSink:
         self._publisher = pubsub_v1.PublisherClient()
       return self._publisher
 
-  def deliver(self, message: Dict[str, Any]) -> None:
-    future = self._client().publish(self.topic_path, data=encode_message(message))
+  def deliver_encoded(self, data: bytes) -> None:
+    future = self._client().publish(self.topic_path, data=data)
     future.result(timeout=self._timeout)
 
 
-def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/topics/rlops-logs"):
-  """(headers, body) of a binary-mode CloudEvent as Pub/Sub push delivers it."""
+def pubsub_cloud_event(message: Union[Dict[str, Any], bytes],
+                       topic: str = "projects/local/topics/rlops-logs"):
+  """(headers, body) of a binary-mode CloudEvent as Pub/Sub push delivers it, of a message
+  or its encoded JSON."""
   message_id = uuid.uuid4().hex
   headers = {
       "ce-id": message_id, "ce-specversion": "1.0", "ce-type": PUBSUB_EVENT_TYPE,
@@ -258,7 +287,8 @@ def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/top
       "ce-time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "content-type": "application/json",
   }
-  body = {"message": {"data": base64.b64encode(encode_message(message)).decode(),
+  data = message if isinstance(message, bytes) else encode_message(message)
+  body = {"message": {"data": base64.b64encode(data).decode(),
                       "messageId": message_id, "attributes": {}},
           "subscription": "projects/local/subscriptions/rlops-logger"}
   return headers, body
@@ -267,7 +297,7 @@ def pubsub_cloud_event(message: Dict[str, Any], topic: str = "projects/local/top
 _RETRYABLE_CLIENT_ERRORS = (408, 429)
 
 
-class CloudEventSink:
+class CloudEventSink(EncodingSink):
   """Posts each message to a Logger served by functions-framework (loopback by default).
 
   A 4xx answer (other than 408 and 429) raises RejectedMessage; 5xx and
@@ -278,8 +308,8 @@ class CloudEventSink:
     self.url = url
     self._client = httpx.Client(timeout=timeout)
 
-  def deliver(self, message: Dict[str, Any]) -> None:
-    headers, body = pubsub_cloud_event(message)
+  def deliver_encoded(self, data: bytes) -> None:
+    headers, body = pubsub_cloud_event(data)
     response = self._client.post(self.url, headers=headers, json=body)
     if response.is_client_error and response.status_code not in _RETRYABLE_CLIENT_ERRORS:
       raise RejectedMessage(f"the Logger at {self.url} answered {response.status_code}: "

@@ -1,5 +1,9 @@
 """Durable, asynchronous prediction logging: a JSONL outbox, a delivery thread, dead letters.
 
+Rows are delivered as the outbox holds them, JSON lines (`LogSink.deliver_encoded`): the
+lines this process appended are never decoded again; those it found on disk at start
+are parsed first, and a malformed one is set aside.
+
 The sink checks the rows as the Logger does: it raises ValueError for a message
 it rejects for good (a row the warehouse cannot store) and anything else for a
 failure worth retrying (OSError, HTTP 5xx, a busy SQLite warehouse). Retryable
@@ -8,8 +12,6 @@ at a time, and each row rejected on its own is set aside in the dead-letter
 file, so one poison row never stops the others. `replay_dead_letters` sends the
 set-aside rows again once fixed.
 """
-import collections
-import itertools
 import json
 import math
 import os
@@ -20,12 +22,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import absl.logging
 import orjson
 
-from rlops import log_sinks, warehouse
+from rlops import log_sinks
 
 DEFAULT_COMPACT_BYTES = 64 << 20
-# Rows appended and not yet delivered that the delivery thread takes from memory, as they
-# were appended; beyond these, it reads and parses the outbox file.
-MAX_ROWS_IN_MEMORY = 10_000
+# Bytes per row the delivery thread first reads for a batch; more if a line is longer.
+READ_BYTES_PER_ROW = 1024
 MAX_BACKOFF_SECONDS = 5.0
 # Digits of the delivered offset in `<outbox>.offset`, space-padded: rewritten in place.
 OFFSET_WIDTH = 20
@@ -47,12 +48,10 @@ class OutboxLogger:
   """Prediction rows appended to a JSONL outbox and delivered to a sink by a thread.
 
   `append` writes rows under a lock (the request path). The delivery thread sends
-  the rows after the last delivered byte offset, which it persists in
+  the lines after the last delivered byte offset, which it persists in
   `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
-  delivery is at least once and resumes after a restart. Rows appended by this
-  process are sent as they were appended (up to MAX_ROWS_IN_MEMORY of them), the
-  others as read back from the file. When everything is delivered and the outbox
-  exceeds `compact_bytes`, it is truncated.
+  delivery is at least once and resumes after a restart. When everything is
+  delivered and the outbox exceeds `compact_bytes`, it is truncated.
 
   Args:
     outbox_path: The JSONL outbox file.
@@ -81,11 +80,12 @@ class OutboxLogger:
     self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
     self._offset_fd = os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644)
     self._end, self._offset, self._written = self._recover()
+    # The lines from here on are this process's: orjson's JSON, delivered without a parse.
+    self._own_from = self._end
     self._delivered = 0
-    self._in_memory: collections.deque = collections.deque()  # (start, end, row) per row.
     self.failures = 0
     self.dead_letters = _count_lines(self.dead_letter_path)
-    self._reader = open(outbox_path, "rb")  # noqa: SIM115 (lives with the logger)
+    self._read_fd = os.open(outbox_path, os.O_RDONLY)
     self._thread = threading.Thread(target=self._run, name="rlops-log-delivery", daemon=True)
 
   def _recover(self) -> Tuple[int, int, int]:
@@ -125,8 +125,7 @@ class OutboxLogger:
     Raises:
       OSError: The outbox cannot be written; nothing of `rows` is in it.
     """
-    lines = [orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]
-    data = b"".join(lines)
+    data = b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
     with self._cond:
       try:
         if self._file.write(data) != len(data):
@@ -134,9 +133,6 @@ class OutboxLogger:
       except OSError:
         self._file.truncate(self._end)
         raise
-      if len(self._in_memory) < MAX_ROWS_IN_MEMORY:
-        starts = list(itertools.accumulate(map(len, lines), initial=self._end))
-        self._in_memory.extend(zip(starts, itertools.islice(starts, 1, None), rows))
       self._end += len(data)
       pending = self._written - self._delivered
       self._written += len(rows)
@@ -170,68 +166,67 @@ class OutboxLogger:
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
 
-  def _batch_in_memory(self) -> Optional[Tuple[List[Dict[str, Any]], int]]:
-    """(rows, end offset) of the next batch if it starts with a row held in memory."""
-    with self._cond:
-      position, batch = self._offset, []
-      for start, end, row in self._in_memory:
-        if start != position or len(batch) == self._batch_rows:
-          break
-        batch.append(row)
-        position = end
-    return (batch, position) if batch else None
-
-  def _read_batch(self) -> Tuple[List[warehouse.Row], List[Dict[str, Any]], int, int]:
-    """(rows, malformed lines with their reasons, lines, end offset) of the next batch."""
-    batch = self._batch_in_memory()
-    if batch:
-      return batch[0], [], len(batch[0]), batch[1]
+  def _read_lines(self) -> Tuple[List[bytes], int]:
+    """(up to `batch_rows` whole lines after the delivered offset, without their line ends,
+    the offset after them); one batch never mixes this process's lines with older ones."""
     with self._cond:
       end = self._end
-      if self._in_memory:  # Up to the rows held in memory.
-        end = min(end, self._in_memory[0][0])
-    self._reader.seek(self._offset)
-    position, lines = self._offset, []
-    while len(lines) < self._batch_rows and position < end:
-      lines.append(self._reader.readline())
-      position += len(lines[-1])
+    offset = self._offset
+    if offset < self._own_from:
+      end = self._own_from
+    size = min(end - offset, self._batch_rows * READ_BYTES_PER_ROW)
+    while True:
+      data = os.pread(self._read_fd, size, offset)
+      lines = data.split(b"\n", self._batch_rows)[:-1]  # The last piece is not a whole line.
+      if lines or offset + size >= end:
+        return lines, offset + sum(map(len, lines)) + len(lines)
+      size = min(2 * size, end - offset)  # A line longer than what was read.
+
+  @staticmethod
+  def _checked_lines(lines: List[bytes]) -> Tuple[List[bytes], List[Dict[str, Any]]]:
+    """(the lines that are JSON, the others with their reasons): for lines found on disk."""
     try:  # One parse for the whole batch; line by line only when one is malformed.
-      return orjson.loads(b"[" + b",".join(lines) + b"]"), [], len(lines), position
+      orjson.loads(b"[" + b",".join(lines) + b"]")
+      return lines, []
     except ValueError:
       pass
-    rows, malformed = [], []
+    valid, malformed = [], []
     for line in lines:
       try:
-        rows.append(log_sinks.decode_json(line))
+        log_sinks.decode_json(line)
+        valid.append(line)
       except ValueError as error:
-        malformed.append({"line": line.decode(errors="replace"), "reason": f"not JSON: {error}"})
-    return rows, malformed, len(lines), position
+        malformed.append({"line": line.decode(errors="replace") + "\n",
+                          "reason": f"not JSON: {error}"})
+    return valid, malformed
 
-  def _deliver(self, rows: List[warehouse.Row]) -> None:
-    """Delivers rows; on a permanent rejection, row by row, setting aside the rejected ones.
+  def _deliver(self, lines: List[bytes]) -> None:
+    """Delivers rows (JSON lines); on a permanent rejection, row by row, setting aside the
+    rejected ones.
 
     Raises:
       Exception: A retryable failure; the rows are delivered again later.
     """
     try:
-      self._sink.deliver({"predictions": rows})
+      self._sink.deliver_encoded(log_sinks.encode_predictions(lines))
       return
     except ValueError as error:
-      if len(rows) == 1:
-        self._set_aside({"row": rows[0], "reason": str(error)})
+      if len(lines) == 1:
+        self._set_aside({"row": log_sinks.decode_json(lines[0]), "reason": str(error)})
         return
     rejected = []  # Set aside once every row is through: a retry starts the batch over.
-    for row in rows:
+    for line in lines:
       try:
-        self._sink.deliver({"predictions": [row]})
+        self._sink.deliver_encoded(log_sinks.encode_predictions([line]))
       except ValueError as error:
-        rejected.append({"row": row, "reason": str(error)})
+        rejected.append({"row": log_sinks.decode_json(line), "reason": str(error)})
     for entry in rejected:
       self._set_aside(entry)
 
   def _deliver_batch(self) -> None:
     """Delivers the next batch, then records its end offset and compacts a drained outbox."""
-    rows, malformed, lines, offset = self._read_batch()
+    lines, offset = self._read_lines()
+    rows, malformed = (lines, []) if self._offset >= self._own_from else self._checked_lines(lines)
     if rows:
       self._deliver(rows)
     for entry in malformed:
@@ -239,13 +234,11 @@ class OutboxLogger:
     self._save_offset(offset)
     with self._cond:
       self._offset = offset
-      self._delivered += lines
-      while self._in_memory and self._in_memory[0][1] <= offset:
-        self._in_memory.popleft()
+      self._delivered += len(lines)
       self._cond.notify_all()
       if self._offset == self._end > self._compact_bytes:
         self._file.truncate(0)
-        self._end = self._offset = 0
+        self._end = self._offset = self._own_from = 0
         self._save_offset(0)  # A crash before this is seen as offset > size on recovery.
 
   def _pause(self, seconds: float) -> None:
@@ -288,7 +281,7 @@ class OutboxLogger:
     if self._thread.is_alive():
       self._thread.join()
     self._file.close()
-    self._reader.close()
+    os.close(self._read_fd)
     os.close(self._offset_fd)
 
 

@@ -1,8 +1,7 @@
 """Tests of the outbox: recovery, compaction, poison rows set aside, retries, replay."""
+import itertools
 import json
 import sqlite3
-import time
-
 
 from rlops import log_sinks
 from rlops.serving import outbox
@@ -38,46 +37,33 @@ def test_outbox_recovers_a_torn_line_and_compacts(tmp_path):
   assert len(_stored(tmp_path / "wh.sqlite")) == 30
 
 
-class _FlakySink:
+class _FlakySink(log_sinks.EncodingSink):
   """Fails the first `failures` deliveries as a busy or unreachable store does, then delivers."""
 
   def __init__(self, sink, failures: int):
     self._sink = sink
     self.failures = failures
 
-  def deliver(self, message):
+  def deliver_encoded(self, data):
     if self.failures:
       self.failures -= 1
       raise OSError("warehouse unreachable")
-    self._sink.deliver(message)
+    self._sink.deliver_encoded(data)
 
 
 class _RecordingSink:
-  """Accepts every message, as a fixed warehouse would."""
+  """Accepts every message, as a fixed warehouse would, and keeps the encoded ones as they came."""
 
   def __init__(self):
+    self.messages = []
     self.rows = []
 
   def deliver(self, message):
     self.rows.extend(message["predictions"])
 
-
-class _SwitchedSink:
-  """Records each delivered row, and whether it came as the very object appended (held in
-  memory) or as read back from the file; fails while `down`."""
-
-  def __init__(self, appended):
-    self.down = True
-    self.attempts = 0
-    self.delivered = []
-    self._appended = {id(row) for row in appended}  # The caller keeps the rows alive.
-
-  def deliver(self, message):
-    self.attempts += 1
-    if self.down:
-      raise OSError("warehouse unreachable")
-    self.delivered.extend((row["request_id"], "in memory" if id(row) in self._appended
-                           else "read back") for row in message["predictions"])
+  def deliver_encoded(self, data):
+    self.messages.append(data)
+    self.deliver(log_sinks.decode_json(data))
 
 
 def test_a_restart_delivers_what_follows_the_saved_offset_or_all_if_it_is_unreadable(tmp_path):
@@ -102,30 +88,34 @@ def test_a_restart_delivers_what_follows_the_saved_offset_or_all_if_it_is_unread
     assert sink.rows == expected
 
 
-def test_rows_beyond_those_held_in_memory_are_read_back_from_the_file(tmp_path, monkeypatch):
-  monkeypatch.setattr(outbox, "MAX_ROWS_IN_MEMORY", 7)
-  rows = _rows("r", 26)
-  sink = _SwitchedSink(rows)
-  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_rows=5,
-                               batch_seconds=0.01)
+def test_appended_rows_are_delivered_as_written_in_batches_of_at_most_batch_rows(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(outbox, "READ_BYTES_PER_ROW", 64)  # Rows are longer: reads grow.
+  path = tmp_path / "outbox.jsonl"
+  rows = _rows("r", 12)
+  rows[4]["observation"] = [0.1] * 500  # Longer than a first read of a whole batch.
+  sink = _FlakySink(_RecordingSink(), failures=1)
+  logger = outbox.OutboxLogger(str(path), sink, batch_rows=5, batch_seconds=0.01)
   logger.start()
   try:
-    for start in range(0, 18, 3):  # While the sink is down, 9 rows fit in memory.
+    for start in range(0, 12, 3):
       logger.append(rows[start:start + 3])
-    logger.append(rows[18:20])
-    deadline = time.monotonic() + 30.0
-    while not sink.attempts and time.monotonic() < deadline:
-      time.sleep(0.01)
-    sink.down = False
-    assert sink.attempts and logger.flush(timeout=30.0)
-    logger.append(rows[20:26])
     assert logger.flush(timeout=30.0)
   finally:
     logger.close()
-  assert sink.delivered == [(row["request_id"], "in memory") for row in rows[:9]] + [
-      (row["request_id"], "read back") for row in rows[9:20]] + [
-      (row["request_id"], "in memory") for row in rows[20:]]
-  assert logger.failures >= 1 and logger.pending == 0
+  recording = sink._sink  # pylint: disable=protected-access
+  lines = path.read_bytes().splitlines()
+  assert recording.rows == rows and logger.failures == 1
+  assert all(len(log_sinks.decode_json(message)["predictions"]) <= 5
+             for message in recording.messages)
+  # The lines as the outbox holds them, joined into messages: never decoded and encoded again.
+  assert b"".join(recording.messages) == b"".join(
+      log_sinks.encode_predictions(lines[start:start + len(
+          log_sinks.decode_json(message)["predictions"])])
+      for start, message in zip(
+          itertools.accumulate([len(log_sinks.decode_json(m)["predictions"])
+                                for m in recording.messages], initial=0),
+          recording.messages))
 
 
 def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
