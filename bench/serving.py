@@ -515,6 +515,8 @@ def emulator_cpu_seconds(host: str) -> float:
         stats[pid] = (cmdline, f.read().rsplit(")", 1)[1].split())
   option = f"--host-port={host}".encode()
   leaders = [pid for pid, (cmdline, _) in stats.items() if option in cmdline]
+  if not leaders:
+    raise RuntimeError(f"no process of the Pub/Sub emulator at {host}")
   ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in stats.values()
               if fields[3] in leaders)  # Field 6 of stat: the session.
   return ticks / os.sysconf("SC_CLK_TCK")
