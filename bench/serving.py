@@ -138,11 +138,8 @@ VARIANTS = {
 }
 
 
-class DiscardSink:
+class DiscardSink(log_sinks.EncodingSink):
   """A LogSink that drops every message."""
-
-  def deliver(self, message: Dict[str, Any]) -> None:
-    del message
 
   def deliver_encoded(self, data: bytes) -> None:
     del data
