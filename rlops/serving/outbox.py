@@ -184,12 +184,8 @@ class OutboxLogger:
 
   @staticmethod
   def _checked_lines(lines: List[bytes]) -> Tuple[List[bytes], List[Dict[str, Any]]]:
-    """(the lines that are JSON, the others with their reasons): for lines found on disk."""
-    try:  # One parse for the whole batch; line by line only when one is malformed.
-      orjson.loads(b"[" + b",".join(lines) + b"]")
-      return lines, []
-    except ValueError:
-      pass
+    """(the lines that are each one JSON value, the others with their reasons): for lines
+    found on disk, parsed one by one (joined, malformed lines can still parse as an array)."""
     valid, malformed = [], []
     for line in lines:
       try:

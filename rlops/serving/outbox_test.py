@@ -156,3 +156,26 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
   assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0", "late0"]
   with open(logger.dead_letter_path) as f:  # The malformed line stays for a person to read.
     assert [json.loads(line)["line"] for line in f] == ['{"request_id": \n']
+
+
+def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_it(tmp_path):
+  warehouse = str(tmp_path / "warehouse.sqlite")
+  rows = _rows("a", 6)
+  two_rows_on_a_line = json.dumps(rows[1]) + "," + json.dumps(rows[2])
+  # Joined, the lines in the middle make a valid array of as many values as they are lines.
+  malformed = ["1,2", "[3", "4]", two_rows_on_a_line]
+  lines = [json.dumps(rows[0]), *malformed, *map(json.dumps, rows[3:])]
+  (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
+  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"),
+                               log_sinks.InProcessSink(warehouse), batch_seconds=0.01)
+  logger.start()
+  try:
+    assert logger.flush(timeout=10.0)
+    assert logger.failures == 0 and logger.dead_letters == 4
+  finally:
+    logger.close()
+  assert _stored(warehouse) == ["a0", "a3", "a4", "a5"]
+  with open(logger.dead_letter_path) as f:
+    dead = [json.loads(line) for line in f]
+  assert [entry["line"] for entry in dead] == [line + "\n" for line in malformed]
+  assert all("not JSON" in entry["reason"] for entry in dead)
