@@ -162,7 +162,7 @@ def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_
   warehouse = str(tmp_path / "warehouse.sqlite")
   rows = _rows("a", 6)
   two_rows_on_a_line = json.dumps(rows[1]) + "," + json.dumps(rows[2])
-  # Joined, the lines in the middle make a valid array of as many values as they are lines.
+  # Joined with commas, all the lines still make one valid array: only each alone is refused.
   malformed = ["1,2", "[3", "4]", two_rows_on_a_line]
   lines = [json.dumps(rows[0]), *malformed, *map(json.dumps, rows[3:])]
   (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
