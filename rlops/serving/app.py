@@ -259,6 +259,7 @@ class PredictHandler:
     if content_type != b"application/json":
       return predictor.refused(415, "the content type must be application/json, got "
                                     f"{content_type.decode('latin-1')[:100]!r}")
+    length = length.strip()
     if not length.isdigit() or int(length) > self.max_body_bytes:
       return self.too_large()
     return None
@@ -287,6 +288,16 @@ class PredictHandler:
       return self._failed(len(pending))
 
   @staticmethod
+  def encode(status: int, answer: Dict[str, Any]) -> Tuple[int, bytes]:
+    """(status, JSON body) of an answer; one with no JSON form (a bug: every reason quotes
+    what the client sent with repr) is logged and answered 500."""
+    try:
+      return status, orjson.dumps(answer)
+    except orjson.JSONEncodeError:
+      absl.logging.exception("an answer of the predict route has no JSON form")
+      return 500, b'{"error":"internal error"}'
+
+  @staticmethod
   def _failed(requests: int) -> List[Answer]:
     absl.logging.exception("the predict route failed")
     return [(500, {"error": "internal error"})] * requests
@@ -303,18 +314,20 @@ class PredictRoute:
     if scope["type"] != "http" or scope["path"] != self._handler.path:
       await self._app(scope, receive, send)
       return
-    status, answer = await self._answer(scope, receive)
-    body = orjson.dumps(answer)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    refusal = self._handler.refusal(scope["method"], scope["headers"])
+    status, body = self._handler.encode(*(refusal or await self._answer(receive)))
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if refusal and any(name == b"expect" and value.lower() == b"100-continue"
+                       for name, value in scope["headers"]):
+      # Its body may come after this answer, where the next request would be read.
+      headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
-  async def _answer(self, scope, receive) -> Answer:
+  async def _answer(self, receive) -> Answer:
+    """The answer to a request not refused by its headers, once its body is read."""
     handler = self._handler
-    refusal = handler.refusal(scope["method"], scope["headers"])
-    if refusal:
-      return refusal
     chunks, size = [], 0
     more = True
     while more:

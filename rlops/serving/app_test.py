@@ -106,7 +106,7 @@ def test_bad_requests_get_4xx_with_a_reason(tmp_path, serving, make_app):
       # A lone surrogate: valid JSON, but no warehouse can store it.
       (body({"observation": good, "request_id": "x\ud800"}), json_type, 400, "not valid Unicode"),
       (body({"observation": good, "requestid": "a"}), json_type, 400,
-       "instance 1: unknown field(s) requestid"),
+       "instance 1: unknown field(s) 'requestid'"),
       (body({"observation": good, "request_id": "a"}, {"observation": good, "request_id": "a"}),
        json_type, 400, "request_ids must be unique"),
       (body(), {"content-type": "text/plain"}, 415, "application/json"),

@@ -78,7 +78,8 @@ def parse_instances(body: bytes, rank_k: int,
       raise ValueError(f"instance {index}: must be an object")
     unknown = set(instance) - {"observation", "request_id"}
     if unknown:
-      raise ValueError(f"instance {index}: unknown field(s) {', '.join(sorted(unknown))}"[:300])
+      names = ", ".join(map(repr, sorted(unknown)))  # repr: a lone surrogate is escaped.
+      raise ValueError(f"instance {index}: unknown field(s) {names}"[:300])
     observation = instance.get("observation")
     if not isinstance(observation, list):
       raise ValueError(f"instance {index}: observation must be a list of {rank_k} numbers")

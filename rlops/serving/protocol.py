@@ -14,9 +14,9 @@ its answers (where the `PredictRoute` middleware answers the predict route).
 This module imports neither the app nor TensorFlow: the handler comes with the app.
 """
 import functools
+import json
 from typing import Any, Dict, List, Optional, Tuple
 
-import orjson
 from uvicorn.protocols.http import httptools_impl
 
 _CLOSE_HEADER = (b"connection", b"close")
@@ -130,12 +130,23 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
   def _send(self, status: int, answer: Dict[str, Any]) -> None:
     if self.transport.is_closing():
       return
-    content = orjson.dumps(answer)
+    self._write(*self._handler.encode(status, answer))
+    self.on_response_complete()
+
+  def _write(self, status: int, content: bytes, close: bool = False) -> None:
     self.transport.write(b"".join([
         httptools_impl.STATUS_LINE[status],
         *[name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers],
-        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(content), content]))
-    self.on_response_complete()
+        b"content-type: application/json\r\n", b"connection: close\r\n" if close else b"",
+        b"content-length: %d\r\n\r\n" % len(content), content]))
+
+  def send_400_response(self, msg: str) -> None:
+    """uvicorn's answer to bytes its parser refuses, as JSON with the reason like every answer
+    of the route; the connection closes, since where the next request starts is unknown."""
+    if self._waiting:  # Answered first: answers go out in the order of the requests.
+      self._group.commit()
+    self._write(400, json.dumps({"error": f"invalid HTTP: {msg}"}).encode(), close=True)
+    self.transport.close()
 
   def shutdown(self) -> None:
     if self._waiting:  # Answered before the connection closes.

@@ -47,6 +47,8 @@ def test_the_parser_path_and_the_asgi_path_answer_alike(tmp_path, serving, make_
       "malformed": b"{not json",
       "too deep": b'{"instances": ' + b"[" * 2000 + b"]" * 2000 + b"}",
       "too large": b'{"instances": [' + b" " * 6000 + b"]}",
+      # A field name with a lone surrogate (escaped in the JSON): quoted in the reason, escaped.
+      "unknown field": b'{"instances": [{"observation": [0.5, 0.5, 0.5, 0.5], "\\ud800": 1}]}',
   }
   with server.ServerThread(app) as endpoint:
     assert app.state.models.wait(30.0)
@@ -69,7 +71,8 @@ def test_the_parser_path_and_the_asgi_path_answer_alike(tmp_path, serving, make_
           answers[path][name] = _responses(sock, 1)[0]
     stats = httpx.get(f"{endpoint.url}/stats").json()
   expected = {"new id": 200, "reused id": 200, "reused id, other observation": 409,
-              "malformed": 400, "too deep": 400, "too large": 413, "text/plain": 415, "GET": 405}
+              "malformed": 400, "too deep": 400, "too large": 413, "unknown field": 400,
+              "text/plain": 415, "GET": 405}
   for path, by_name in answers.items():
     assert {name: status for name, (status, _) in by_name.items()} == expected, path
   # One prediction, answered alike on every path; the refusals give the same reasons.
@@ -79,6 +82,8 @@ def test_the_parser_path_and_the_asgi_path_answer_alike(tmp_path, serving, make_
       assert len({by_name[name][1]["error"] for by_name in answers.values()}) == 1, name
   assert stats["requests"] == 3 * len(expected) and stats["predictions"] == 1
   assert stats["repeated"] == 5 and stats["conflicts"] == 3
+  assert answers["parser"]["unknown field"][1]["error"] == (
+      "instance 0: unknown field(s) '\\ud800'")
 
 
 def test_pipelined_and_split_requests_are_answered_in_order(tmp_path, serving, make_app):
@@ -89,13 +94,15 @@ def test_pipelined_and_split_requests_are_answered_in_order(tmp_path, serving, m
     assert app.state.models.wait(30.0)
     with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
       # In one write: a predict request, one behind an ASGI request still in flight, a body
-      # over the limit (read and dropped), then one more on the same connection.
+      # over the limit (read and dropped), a refusal whose reason quotes a lone surrogate,
+      # then one more on the same connection.
       sock.sendall(_request(_body(observations[:1], ids[:1]))
                    + _request(b"", method="GET", path="/stats", headers="")
                    + _request(_body(observations[1:2], ids[1:2]))
                    + _request(b"[" + b" " * 2500 + b"]")
+                   + _request(b'{"instances": [{"\\udfff": 1}]}')
                    + _request(_body(observations[2:3], ids[2:3])))
-      answers = _responses(sock, 5)
+      answers = _responses(sock, 6)
       # A request split across writes, byte by byte in its head.
       request = _request(_body(observations[3:4], ids[3:4]))
       for index in range(0, 80):
@@ -103,8 +110,8 @@ def test_pipelined_and_split_requests_are_answered_in_order(tmp_path, serving, m
       sock.sendall(request[80:])
       answers += _responses(sock, 1)
     assert app.state.logger.flush(timeout=30.0)
-  assert [status for status, _ in answers] == [200, 200, 200, 413, 200, 200]
-  assert [answers[i][1]["predictions"][0]["request_id"] for i in (0, 2, 4, 5)] == ids
+  assert [status for status, _ in answers] == [200, 200, 200, 413, 400, 200, 200]
+  assert [answers[i][1]["predictions"][0]["request_id"] for i in (0, 2, 5, 6)] == ids
   assert answers[1][1]["requests"] == 1  # /stats answered after the first prediction only.
   assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == sorted(ids)
 
@@ -193,3 +200,37 @@ def test_a_shutdown_in_the_iteration_of_a_request_answers_and_logs_it_first(
   logged = logged_predictions(tmp_path / "warehouse.sqlite")
   assert list(logged) == ["last"]
   assert logged["last"][1] == answer["predictions"][0]["action"]
+
+
+def test_requests_at_the_edges_of_http_get_json_answers_and_keep_the_stream_in_step(
+    tmp_path, serving, make_app):
+  observation = testing.small_model().observe(np.arange(1))
+  app = make_app()
+  head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+  body = _body(observation, ["spaced"])
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+
+    def answer_then_closed(request: bytes):
+      with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+        sock.sendall(request)
+        [answer] = _responses(sock, 1)
+        sock.settimeout(2.0)  # Closed at once, not when uvicorn's 5 s keep-alive runs out.
+        return [answer], sock.recv(1) == b""
+
+    # Whitespace after a Content-Length is not part of it.
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      sock.sendall(head + b"Content-Type: application/json\r\nContent-Length: %d \r\n\r\n"
+                   % len(body) + body + _request(b"", method="GET", path="/health", headers=""))
+      [(status, answer), (health, _)] = _responses(sock, 2)
+    assert status == 200 and answer["predictions"][0]["request_id"] == "spaced"
+    assert health == 200  # The next request on the connection, read where it starts.
+    # What the HTTP parser refuses: a JSON reason, and the connection closes.
+    [(status, answer)], closed = answer_then_closed(
+        head + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert status == 400 and answer["error"].startswith("invalid HTTP") and closed
+    # Refused by its headers while the client waits for 100 Continue to send the body: the
+    # body could come after the answer, where the next request would be read, so it closes.
+    [(status, answer)], closed = answer_then_closed(
+        head + b"Content-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n")
+    assert status == 415 and "application/json" in answer["error"] and closed
