@@ -1,6 +1,7 @@
 """Typed configuration: the one source of truth, validated before any work starts."""
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Optional, Tuple, Type, TypeVar
@@ -47,6 +48,11 @@ class EnvironmentConfig:
           f"rank_k must be between 1 and num_movies ({self.num_movies}), got {self.rank_k}")
     if self.batch_size < 1:
       raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+
+
+def _finite(value: Any) -> bool:
+  """Whether `value` is a finite int or float (not a bool, not NaN)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,32 +113,42 @@ class AgentConfig:
   def validate(self) -> None:
     if self.name not in AGENT_NAMES:
       raise ConfigError(f"unknown agent {self.name!r}; choose one of {', '.join(AGENT_NAMES)}")
-    if self.alpha is not None and self.alpha < 0:
+    # Each check accepts what it should rather than refuse what it should not: NaN, which
+    # fails every comparison, and non-numbers from a model's metadata are refused too.
+    if self.alpha is not None and not (_finite(self.alpha) and self.alpha >= 0):
       raise ConfigError(f"alpha must be non-negative, got {self.alpha}")
-    if self.tikhonov_weight <= 0:
+    if not (_finite(self.tikhonov_weight) and self.tikhonov_weight > 0):
       raise ConfigError(f"tikhonov_weight must be positive, got {self.tikhonov_weight}")
-    if not 0.0 <= self.epsilon <= 1.0:
+    if not (_finite(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
       raise ConfigError(f"epsilon must be in [0, 1], got {self.epsilon}")
     if not self.hidden_units or min(self.hidden_units) < 1:
       raise ConfigError(f"hidden_units must be positive sizes, got {self.hidden_units}")
-    if self.learning_rate <= 0:
+    if not (_finite(self.learning_rate) and self.learning_rate > 0):
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
     if self.exploration not in EXPLORATION_RULES:
       raise ConfigError(f"unknown exploration rule {self.exploration!r}; choose one of "
                         f"{', '.join(EXPLORATION_RULES)}")
-    if self.gamma_scale <= 0:
+    if not (_finite(self.gamma_scale) and self.gamma_scale > 0):
       raise ConfigError(f"gamma_scale must be positive, got {self.gamma_scale}")
-    if self.optimism < 0:
+    if not (_finite(self.optimism) and self.optimism >= 0):
       raise ConfigError(f"optimism must be non-negative, got {self.optimism}")
     if self.optimism and not (self.is_linear and self.exploration == "inverse_gap"):
       raise ConfigError("optimism needs a linear agent (linucb, lints) and the inverse_gap "
                         f"rule, got {self.name} with {self.exploration}")
-    if not 0.0 <= self.propensity_floor < 1.0:
+    if not (_finite(self.propensity_floor) and 0.0 <= self.propensity_floor < 1.0):
       raise ConfigError(f"propensity_floor must be in [0, 1), got {self.propensity_floor}")
-    if not 0.0 < self.forgetting <= 1.0:
+    if not (_finite(self.forgetting) and 0.0 < self.forgetting <= 1.0):
       raise ConfigError(f"forgetting must be in (0, 1], got {self.forgetting}")
-    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
+    if self.drift_shortfall is not None and not (_finite(self.drift_shortfall)
+                                                 and self.drift_shortfall > 0):
       raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
+
+  def validate_for(self, environment: EnvironmentConfig) -> None:
+    """`validate`, and what the settings need of the environment's K arms."""
+    self.validate()
+    if self.propensity_floor * environment.num_movies > 1.0:
+      raise ConfigError(f"propensity_floor must be at most 1 / num_movies "
+                        f"({1 / environment.num_movies:.4g}), got {self.propensity_floor}")
 
 
 # The agent settings of the learning loop (`rlops demo`, bench/learning_loop.py), as
@@ -305,12 +321,8 @@ class Config:
   def validate(self) -> "Config":
     self.data.validate()
     self.environment.validate()
-    self.agent.validate()
+    self.agent.validate_for(self.environment)
     self.pipeline.validate()
-    if self.agent.propensity_floor * self.environment.num_movies > 1.0:
-      raise ConfigError(f"propensity_floor must be at most 1 / num_movies "
-                        f"({1 / self.environment.num_movies:.4g}), "
-                        f"got {self.agent.propensity_floor}")
     if self.agent.is_linear and self.pipeline.epochs != 1:
       raise ConfigError("linear agents train in one pass over the data: epochs must be 1")
     if self.gcp is not None:

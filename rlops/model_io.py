@@ -8,6 +8,7 @@
 """
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -118,8 +119,10 @@ def validated_agent_config(metadata: Dict[str, Any]) -> AgentConfig:
   for name, value in dimensions.items():
     if isinstance(value, bool) or not isinstance(value, int):
       raise ValueError(f"model metadata: {name} must be an integer, got {value!r}")
-  config.validate()
-  EnvironmentConfig(**dimensions).validate()
+  environment = EnvironmentConfig(**dimensions)
+  environment.validate()
+  config.validate_for(environment)
+  trained_records_of(metadata)
   if epsilon != config.epsilon:
     raise ValueError(f"model metadata: epsilon {epsilon!r} differs from the agent's "
                      f"{config.epsilon!r}")
@@ -150,8 +153,17 @@ def load_serving_policy(directory: str) -> agents.ExactExplorationPolicy:
 
 
 def trained_records_of(metadata: Dict[str, Any]) -> float:
-  """Records the model learnt from (older models: 0, the least trained)."""
-  return float(metadata.get("trained_records", 0.0))
+  """Records the model learnt from (older models: 0, the least trained).
+
+  Raises:
+    ValueError: Not a finite non-negative number.
+  """
+  records = metadata.get("trained_records", 0.0)
+  if isinstance(records, bool) or not isinstance(records, (int, float)) or not (
+      math.isfinite(records) and records >= 0):
+    raise ValueError(f"model metadata: trained_records must be a finite non-negative number, "
+                     f"got {records!r}")
+  return float(records)
 
 
 def reward_shortfall(agent: tf_agent.TFAgent, observations: np.ndarray, actions: np.ndarray,

@@ -94,5 +94,10 @@ def load_model(directory: str, version: Optional[str]) -> ServingModel:
                        rank_k=rank_k, rule=config,
                        trained_records=model_io.trained_records_of(metadata),
                        estimates=estimates)
-  model.probabilities(np.zeros((1, rank_k), np.float32))  # Traces the neural rule before serving.
+  # Traces the neural rule before serving, and proves the model gives a distribution.
+  probabilities = model.probabilities(np.zeros((1, rank_k), np.float32))
+  if not (probabilities.shape == (1, model.num_actions) and np.isfinite(probabilities).all()
+          and (probabilities >= 0).all()
+          and abs(probabilities.sum() - 1.0) < 1e-6):
+    raise ValueError(f"the model gives no distribution over its actions: {probabilities!r:.200}")
   return model

@@ -61,9 +61,25 @@ def _edited(trained_model: str, directory: str, **changes) -> str:
     ({"model_version": "v\ud800"}, ValueError, "not valid Unicode"),  # Its rows not storable.
     ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": [8]}}, AssertionError,
      "not bound to checkpointed values"),  # Another agent's checkpoint.
+    # NaN fails every comparison: each setting is checked for what it must be.
+    ({"agent": {"exploration": "inverse_gap", "gamma_scale": float("nan")}}, ValueError,
+     "gamma_scale must be positive"),
+    ({"agent": {"exploration": "inverse_gap"}, "trained_records": float("nan")}, ValueError,
+     "trained_records must be a finite non-negative number"),
+    ({"agent": {"tikhonov_weight": "0.001"}}, ValueError, "tikhonov_weight must be positive"),
+    # A floor above 1 / K: the logged propensities would not be the policy's.
+    ({"agent": {"propensity_floor": 0.5}}, ValueError, "propensity_floor must be at most"),
 ])
 def test_a_version_that_fails_validation_does_not_load(tmp_path, trained_model, changes, error,
                                                        reason):
   directory = _edited(trained_model, str(tmp_path / "bad"), **changes)
   with pytest.raises(error, match=reason):
     policy.load_model(directory, None)
+
+
+def test_a_version_whose_rule_gives_no_distribution_does_not_load(tmp_path, trained_model,
+                                                                  monkeypatch):
+  monkeypatch.setattr(policy.exploration, "probabilities",
+                      lambda estimates, *args: np.full(estimates.shape, np.nan))
+  with pytest.raises(ValueError, match="gives no distribution over its actions"):
+    policy.load_model(trained_model, None)

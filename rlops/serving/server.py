@@ -15,6 +15,7 @@ served request ids (`recent`), created by the supervising process: a reused id
 gets the same answer whichever worker its connection reaches, and each worker
 refills the table from its outbox as it starts.
 """
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Optional, Tuple
 import fastapi
 import uvicorn
 
-from rlops import log_sinks
+from rlops import log_sinks, noise
 from rlops.serving import outbox, protocol, recent
 
 WORKER_STOP_SECONDS = 60.0
@@ -137,7 +138,25 @@ def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
   server.run(sockets=[sock])
 
 
+def _log_events_to_stderr() -> None:
+  """Shows the endpoint's own events on stderr, one line each, whatever logging the process
+  set up before: the versions it serves or refuses and why, and log delivery trouble (the
+  serving modules log them with absl, at INFO and above)."""
+  logger = logging.getLogger("absl")
+  if any(getattr(handler, "rlops_events", False) for handler in logger.handlers):
+    return
+  handler = logging.StreamHandler()
+  handler.rlops_events = True
+  handler.setFormatter(logging.Formatter(
+      "%(asctime)s rlops-serving[%(process)d] %(levelname)s: %(message)s"))
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
 def _worker(index: int, host: str, port: int, served: recent.RecentPredictions) -> None:
+  noise.quiet_libraries()  # A spawned process: the CLI's filters are not inherited.
+  _log_events_to_stderr()
   serve(app_from_env(index, served), listening_socket(host, port, reuse_port=True))
 
 
@@ -179,6 +198,8 @@ def run_workers(workers: int, host: str, port: int) -> int:
 
 
 def main() -> int:
+  noise.quiet_libraries()
+  _log_events_to_stderr()
   host, port = address_from_env()
   workers = int(os.environ.get("RLOPS_WORKERS", "1"))
   if workers < 1:

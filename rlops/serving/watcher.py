@@ -10,7 +10,20 @@ import tensorflow as tf
 from rlops import model_io
 from rlops.serving import policy
 
-MAX_RETRY_SECONDS = 60.0
+# A refused folder whose files have not changed is tried again at most this often: loading
+# builds the agent again (memory a neural agent does not give back), and a fixed folder has
+# changed files, which are tried at once.
+MAX_RETRY_SECONDS = 3600.0
+
+
+def _fingerprint(directory: str) -> Tuple[Tuple[str, int, int], ...]:
+  """(path, size, modification time) of each file under `directory`: what writing one changes."""
+  entries = []
+  for root, _, files in tf.io.gfile.walk(directory):
+    for name in files:
+      stat = tf.io.gfile.stat(os.path.join(root, name))
+      entries.append((os.path.join(root, name), stat.length, stat.mtime_nsec))
+  return tuple(sorted(entries))
 
 
 class ModelWatcher:
@@ -21,9 +34,10 @@ class ModelWatcher:
   (`model_io.versions`). A numbered folder is a candidate once its metadata file
   exists. A version is validated as it loads (metadata by the configuration's
   own rules, every checkpointed variable matched); one that fails is skipped,
-  reported in `rejected` and the logs, and retried with exponential backoff
-  (Pusher copies files in place, so a folder can be incomplete for a while),
-  while the current model keeps serving.
+  reported in `rejected` and the logs, and tried again as soon as one of its files
+  changes (Pusher copies files in place, so a folder can be incomplete for a
+  while), else with exponential backoff up to MAX_RETRY_SECONDS, while the current
+  model keeps serving. A refused folder that is gone is no longer reported.
   """
 
   def __init__(self, model_uri: str, poll_seconds: float):
@@ -33,7 +47,8 @@ class ModelWatcher:
     self.load_failures = 0
     self.rejected: Dict[str, str] = {}  # version -> why it does not serve
     self._newest_number = -1
-    self._retry: Dict[str, Tuple[float, float]] = {}  # version -> (retry time, delay)
+    # version -> (retry time, delay, the fingerprint of its files when it failed)
+    self._retry: Dict[str, Tuple[float, float, tuple]] = {}
     self._loaded = threading.Event()
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="rlops-model-watcher", daemon=True)
@@ -54,17 +69,23 @@ class ModelWatcher:
   def poll(self) -> None:
     """Loads the newest candidate not waiting for a retry, and swaps it in."""
     now = time.monotonic()
-    for version, directory in self._candidates():
-      name = version or directory  # What `rejected` and the logs call it.
-      if self._retry.get(name, (0.0, 0.0))[0] > now:
+    candidates = [(version or directory, version, directory)  # name: as `rejected` says
+                  for version, directory in self._candidates()]
+    names = {name for name, _, _ in candidates}
+    self._retry = {name: retry for name, retry in self._retry.items() if name in names}
+    self.rejected = {name: reason for name, reason in self.rejected.items() if name in names}
+    for name, version, directory in candidates:
+      fingerprint = _fingerprint(directory)
+      retry_time, delay, failed_as = self._retry.get(name, (0.0, 0.0, None))
+      unchanged = fingerprint == failed_as
+      if unchanged and retry_time > now:
         continue
       try:
         model = policy.load_model(directory, version)
       except Exception as error:  # pylint: disable=broad-except
         self.load_failures += 1
-        delay = (min(2 * self._retry[name][1], MAX_RETRY_SECONDS) if name in self._retry
-                 else self.poll_seconds)
-        self._retry[name] = (now + delay, delay)
+        delay = min(2 * delay, MAX_RETRY_SECONDS) if unchanged else self.poll_seconds
+        self._retry[name] = (now + delay, delay, fingerprint)
         self.rejected[name] = f"{type(error).__name__}: {error}"[:500]
         absl.logging.warning("model version %s from %s does not serve (retry in %.1f s): %s",
                              name, directory, delay, self.rejected[name])

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 
 from rlops import model_io, testing
-from rlops.serving import server
+from rlops.serving import server, watcher
 from rlops.serving.policy_test import _edited
 from rlops.serving.testing import instances, logged_predictions, push, until
 
@@ -89,3 +89,25 @@ def test_invalid_versions_are_skipped_one_by_one_and_reported(tmp_path, serving,
     push(trained_model, serving, 5)
     until(lambda: client.get("/version").json()["version"] == "5")
     assert client.get("/stats").json()["rejected_versions"] == {}
+
+
+def test_a_refused_folder_is_tried_again_once_its_files_change_and_forgotten_once_gone(
+    serving, trained_model):
+  _edited(trained_model, os.path.join(serving, "2"), epsilon=1.5, agent={"epsilon": 1.5})
+  models = watcher.ModelWatcher(serving, poll_seconds=1.0)
+  models.poll()
+  assert models.current.version == "1" and set(models.rejected) == {"2"}
+  for _ in range(5):  # Unchanged: not built again at every poll.
+    models.poll()
+  assert models.load_failures == 1
+  shutil.rmtree(os.path.join(serving, "2"))
+  _edited(trained_model, os.path.join(serving, "2"), agent={"tikhonov_weight": -1.0})
+  models.poll()  # Changed files: tried again at once, and refused for the new reason.
+  assert models.load_failures == 2
+  assert "tikhonov_weight must be positive" in models.rejected["2"]
+  shutil.rmtree(os.path.join(serving, "2"))
+  models.poll()
+  assert models.rejected == {} and models.current.version == "1"
+  push(trained_model, serving, 3)
+  models.poll()
+  assert models.current.version == "3"
