@@ -90,7 +90,7 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
   users = [learning_loop.served_users(model, 1, requests_per_round, seed + index)[0]
            for index in range(rounds)]
   worlds = learning_loop.models_per_round(model, rounds, drift_at_round, seed)
-  sink = log_sinks.InProcessSink(paths.warehouse)
+  sink = log_sinks.InProcessSink(paths.warehouse, log_sinks.RowLimits.of(config.environment))
   app = serving_app.create_app(paths.serving, sink, outbox_path=paths.outbox, poll_seconds=0.5,
                                seed=config.environment.seed)
   rows: List[Dict[str, Any]] = []
@@ -102,7 +102,8 @@ def run_demo(config: Config, rounds: int, requests_per_round: int, threshold: in
         _wait_for_version(endpoint.url, model_io.latest_version(paths.serving))
       served = traffic.run_simulation(f"{endpoint.url}/predict", world, requests_per_round, sink,
                                       seed=seed + index, progress=True,
-                                      user_rows=users[index][:, None])
+                                      user_rows=users[index][:, None],
+                                      undelivered_path=paths.undelivered_feedback)
       cumulative += served["mean_regret"] * served["predictions"]
       if not app.state.logger.flush(timeout=60.0):
         raise TimeoutError("prediction logs were not delivered within 60 s")

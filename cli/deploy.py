@@ -7,7 +7,6 @@ commands run one by one. Paths in them are absolute. Every resource is looked up
 before it is created, so a second deployment creates nothing twice.
 """
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -18,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from rlops import log_sinks
 from rlops.config import Config
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -162,8 +162,7 @@ def env_vars(config: Config, settings: DeploySettings) -> Dict[str, Dict[str, st
   return {
       # Rows outside what the served model produces are rejected alone (rlops.log_sinks).
       "logger": {"RLOPS_WAREHOUSE": gcp.warehouse,
-                 "RLOPS_ROW_LIMITS": json.dumps({"rank_k": config.environment.rank_k,
-                                                 "num_actions": config.environment.num_movies})},
+                 log_sinks.ROW_LIMITS_ENV: log_sinks.RowLimits.of(config.environment).to_json()},
       "simulator": {"RLOPS_CONFIG": config.to_json(), "RLOPS_LOG_TOPIC": _topic(gcp, LOGS_TOPIC),
                     "SIMULATOR_REQUESTS": str(settings.simulator_requests)},
       "trigger": {"RLOPS_CONFIG": config.to_json(),

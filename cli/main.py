@@ -7,12 +7,11 @@ import os
 import pathlib
 import shutil
 import sys
-import warnings
 from typing import List, Optional
 
 from cli import options
 from cli.options import WorkdirError, config_from_args
-from rlops import movielens, workdirs
+from rlops import movielens, noise, workdirs
 from rlops.config import LEARNING_LOOP_AGENT, Config, ConfigError
 
 # Startup samples of the demo: few, so that the loop visibly learns from its own logs.
@@ -30,20 +29,10 @@ class RunningError(Exception):
 
 
 def _quiet_known_noise() -> None:
-  """Silences what the libraries print that is no news to a user, where it is made:
-  TensorFlow's C++ start-up logs (CUDA factories on a machine without a GPU), the
-  Google clients' notices about their own Python and grpcio support, TF-Agents'
-  SyntaxWarnings, Gym's notice (TF-Agents imports Gym), and the warnings TFX, Beam
-  and TensorFlow log about their internals, and TensorFlow's notice that a saved
-  policy's distribution needs TensorFlow Probability to load (it is installed).
-  Errors still show, one line each."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
-  warnings.filterwarnings("ignore", category=SyntaxWarning, message=r'"is( not)?" with a literal')
-  warnings.filterwarnings("ignore", category=UserWarning,
-                          message="Encoding a StructuredValue with type tfp.distributions")
-  import gym_notices.notices  # pylint: disable=import-outside-toplevel
-  gym_notices.notices.notices.clear()
+  """Silences what the libraries print that is no news to a user (`noise.quiet_libraries`),
+  and the warnings TFX, Beam and TensorFlow log about their internals. Errors still show,
+  one line each."""
+  noise.quiet_libraries()
   # The root handler, before any library's logging.basicConfig (which then does nothing).
   handler = logging.StreamHandler()
   handler.setLevel(logging.ERROR)
@@ -244,7 +233,8 @@ def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   if args.logger_url:
     return log_sinks.CloudEventSink(args.logger_url)
-  return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse)
+  return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse,
+                                 log_sinks.RowLimits.of(config.environment))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -264,25 +254,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
       raise WorkdirError(str(error)) from error
     print(f"serving {model_dir} (newest version {version}) at "
           f"http://{args.host}:{args.port}/predict", flush=True)
+  from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
-  for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE"):
+  for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE", log_sinks.ROW_LIMITS_ENV):
     os.environ.pop(name, None)
   os.environ.update({
       "AIP_STORAGE_URI": model_dir, "AIP_HTTP_PORT": str(args.port),
       "RLOPS_HOST": args.host, "RLOPS_WORKERS": str(args.workers),
       "RLOPS_OUTBOX": paths.outbox,
       **({"RLOPS_LOG_URL": args.logger_url} if args.logger_url
-         else {"RLOPS_WAREHOUSE": paths.warehouse})})
+         else {"RLOPS_WAREHOUSE": paths.warehouse,
+               log_sinks.ROW_LIMITS_ENV: log_sinks.RowLimits.of(config.environment).to_json()})})
   return server.main()
 
 
 def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from rlops.serving import outbox  # pylint: disable=import-outside-toplevel
-  files = args.path or sorted(str(path) for path in pathlib.Path(config.workdir).glob(
-      "outbox*" + outbox.dead_letter_path(".jsonl")))
+  # The dead-letter files, and those a killed replay left renamed (`replay_dead_letters`
+  # takes them up).
+  found = pathlib.Path(config.workdir).glob("outbox*" + outbox.dead_letter_path(".jsonl") + "*")
+  files = args.path or sorted({str(path).split(outbox.REPLAYING_SUFFIX)[0] for path in found
+                               if path.suffix != ".lock"})
   sink = _sink(args, config)
-  counts = {path: outbox.replay_dead_letters(path, sink) for path in files}
+  counts = {}
+  for path in files:
+    try:
+      counts[path] = outbox.replay_dead_letters(path, sink)
+    except BlockingIOError:
+      raise WorkdirError(f"another replay of {path} is running") from None
   print(json.dumps(counts, indent=2))
   return 0 if all(count["rejected"] == 0 for count in counts.values()) else 1
 
@@ -292,11 +292,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
   if args.requests < 1 or (args.rate is not None and args.rate <= 0):
     raise ConfigError("--requests and --rate must be positive")
   from rlops import simulation, traffic  # pylint: disable=import-outside-toplevel
-  summary = traffic.run_simulation(args.url, simulation.MovieLensModel.from_config(config),
-                                   args.requests, _sink(args, config), rate=args.rate,
-                                   seed=config.environment.seed, progress=True)
+  summary = traffic.run_simulation(
+      args.url, simulation.MovieLensModel.from_config(config), args.requests,
+      _sink(args, config), rate=args.rate, seed=config.environment.seed, progress=True,
+      undelivered_path=workdirs.LocalPaths(config.workdir).undelivered_feedback)
   print(json.dumps(summary, indent=2))
-  return 0 if summary["errors"] == 0 else 1
+  return 0 if summary["errors"] == 0 and summary["feedback_undelivered"] == 0 else 1
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:

@@ -212,13 +212,23 @@ def test_version():
 
 
 def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, capsys):
-  row = {"request_id": "r1", "event_time": 1.0, "observation": [0.5], "action": 1,
+  row = {"request_id": "r1", "event_time": 1.0, "observation": [0.5] * 20, "action": 1,
          "propensity": 0.5, "model_version": "1", "source": "endpoint"}
   dead = tmp_path / "outbox-0.jsonl.dead.jsonl"
   dead.write_text(json.dumps({"row": row, "reason": "warehouse was read-only"}) + "\n"
                   + json.dumps({"row": {**row, "request_id": "r2", "propensity": 2.0},
-                                "reason": "propensity must be in (0, 1]"}) + "\n")
+                                "reason": "propensity must be in (0, 1]"}) + "\n"
+                  # Outside the limits of the workdir's models (20 movies, rank 20).
+                  + json.dumps({"row": {**row, "request_id": "r3", "observation": [0.5]},
+                                "reason": "warehouse was read-only"}) + "\n")
+  # Left renamed by a replay that was killed: taken up, though its dead-letter file is gone.
+  (tmp_path / "outbox-1.jsonl.dead.jsonl.replaying-12").write_text(
+      json.dumps({"row": {**row, "request_id": "r4"}, "reason": "was refused"}) + "\n")
   assert cli.main(["replay-dead-letters", "--workdir", str(tmp_path)]) == 1
-  assert json.loads(capsys.readouterr().out) == {str(dead): {"delivered": 1, "rejected": 1}}
+  assert json.loads(capsys.readouterr().out) == {
+      str(dead): {"delivered": 1, "rejected": 2},
+      str(tmp_path / "outbox-1.jsonl.dead.jsonl"): {"delivered": 1, "rejected": 0}}
   assert [json.loads(line)["row"]["request_id"] for line in dead.read_text().splitlines()] == [
-      "r2"]
+      "r2", "r3"]
+  assert "observation has 1 values" in dead.read_text().splitlines()[1]
+  assert not list(tmp_path.glob("*.replaying*"))

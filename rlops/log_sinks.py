@@ -69,12 +69,15 @@ def decode_json(data: bytes) -> Any:
   that such a row reaches the row checks and is refused alone, with its reason.
 
   Raises:
-    ValueError: `data` is not JSON.
+    ValueError: `data` is not JSON, or is nested deeper than the standard library reads.
   """
   try:
     return orjson.loads(data)
   except orjson.JSONDecodeError:
-    return json.loads(data)
+    try:
+      return json.loads(data)
+    except RecursionError:
+      raise ValueError("JSON nested too deep") from None
 
 
 def decode_pubsub_event(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -123,6 +126,15 @@ class RowLimits:
   min_propensity: float = 1e-6
   min_reward: float = -100.0
   max_reward: float = 100.0
+
+  @classmethod
+  def of(cls, environment) -> "RowLimits":
+    """The limits of the models trained for `environment` (a `config.EnvironmentConfig`)."""
+    return cls(rank_k=environment.rank_k, num_actions=environment.num_movies)
+
+  def to_json(self) -> str:
+    """These limits as RLOPS_ROW_LIMITS holds them."""
+    return json.dumps(dataclasses.asdict(self))
 
   def prediction_problem(self, row: Dict[str, Any], values: tuple) -> Optional[str]:
     """Why these limits refuse a row the warehouse stores as `values`; None if they do not."""
@@ -322,9 +334,12 @@ class CloudEventSink(EncodingSink):
     response.raise_for_status()
 
 
+ROW_LIMITS_ENV = "RLOPS_ROW_LIMITS"
+
+
 def limits_from_env() -> Optional[RowLimits]:
   """The `RowLimits` in RLOPS_ROW_LIMITS (JSON, e.g. {"rank_k": 20, "num_actions": 20})."""
-  limits = os.environ.get("RLOPS_ROW_LIMITS")
+  limits = os.environ.get(ROW_LIMITS_ENV)
   return RowLimits(**json.loads(limits)) if limits else None
 
 

@@ -1,12 +1,14 @@
 """Simulated traffic: users query an endpoint, and the reward of exactly that user for
 exactly the returned movie goes back as feedback. The Simulator function's core, also
 run by `rlops simulate` and the demo."""
+import os
 import time
 from typing import Any, Dict, List, Optional
 
 import absl.logging
 import httpx
 import numpy as np
+import orjson
 from tqdm.auto import tqdm
 
 from rlops import log_sinks, records, simulation
@@ -78,20 +80,44 @@ class FeedbackSender:
     absl.logging.error("feedback row rejected: %s", error)
 
 
+def _read_rows(path: Optional[str]) -> List[Dict[str, Any]]:
+  """The feedback rows kept in `path` by an earlier run (none if there is no file)."""
+  if not path or not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    return [orjson.loads(line) for line in f if line.strip()]
+
+
+def _write_rows(path: str, rows: List[Dict[str, Any]]) -> None:
+  """Replaces `path` by `rows` (removes it if there are none), whole or not at all."""
+  if not rows:
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "wb") as f:
+    f.writelines(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
+
+
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
                    feedback_batch: int = 200, progress: bool = False,
                    headers: Optional[Dict[str, str]] = None,
                    feedback_retry_seconds: float = 30.0,
-                   user_rows: Optional[np.ndarray] = None) -> Dict[str, Any]:
+                   user_rows: Optional[np.ndarray] = None,
+                   undelivered_path: Optional[str] = None) -> Dict[str, Any]:
   """Sends `requests` prediction requests (bounded also by `timeout_seconds`), at most `rate`
   per second, and delivers each returned prediction's reward as feedback.
 
   `user_rows` ([requests, instances_per_request]) fixes the users to send; None:
   drawn uniformly at random with `seed`. Feedback delivery is retried with backoff
   for up to `feedback_retry_seconds` per batch; rows still undelivered at the end
-  are counted in the result, never dropped silently.
+  are counted in the result and kept in `undelivered_path` (JSON lines), if given,
+  whose rows go out first at the next run, or else logged as errors with their rows.
 
   Returns the totals (feedback delivered, rejected and undelivered among them) and,
   per model version, the count, mean reward and mean regret (against the
@@ -102,6 +128,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   rng = np.random.default_rng(seed)
   per_version: Dict[str, Dict[str, float]] = {}
   feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
+  feedback.add(_read_rows(undelivered_path))
   errors, sent, last_error = 0, 0, None
   start = time.monotonic()
   with httpx.Client(timeout=30.0, headers=headers) as client:
@@ -138,11 +165,17 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         stats["regret"] += float(model.optimal_rewards[user]) - reward
       feedback.add(rewarded)
   feedback.send()
+  if undelivered_path:
+    _write_rows(undelivered_path, feedback.pending)
+  elif feedback.pending:
+    absl.logging.error("feedback not delivered, kept nowhere else: %s",
+                       orjson.dumps(feedback.pending).decode())
   served = sum(stats["count"] for stats in per_version.values())
   return {
       "requests": sent, "errors": errors, "last_error": last_error, "predictions": served,
       "feedback_delivered": feedback.delivered, "feedback_rejected": feedback.rejected,
       "feedback_undelivered": len(feedback.pending),
+      "feedback_undelivered_file": undelivered_path if feedback.pending else None,
       "feedback_delivery_failures": feedback.failures,
       "mean_reward": sum(s["reward"] for s in per_version.values()) / max(served, 1),
       "mean_regret": sum(s["regret"] for s in per_version.values()) / max(served, 1),

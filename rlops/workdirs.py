@@ -31,6 +31,11 @@ class LocalPaths:
     return os.path.join(self.workdir, "outbox.jsonl")
 
   @property
+  def undelivered_feedback(self) -> str:
+    """Rewards `rlops simulate` could not deliver; its next run sends them first."""
+    return os.path.join(self.workdir, "feedback-undelivered.jsonl")
+
+  @property
   def tensorboard(self) -> str:
     """TensorBoard logs of the local loop, one step per round of `rlops demo`."""
     return os.path.join(self.workdir, "tensorboard")

@@ -43,6 +43,8 @@ RUN_BY = {
     "rlops simulate": "functions/simulator/main_test.py (the Simulator's `run_simulation`)",
     "RLOPS_WAREHOUSE=": "functions/logger/main_test.py::test_cloud_event_entry_point_writes_and_"
                         "deduplicates (functions-framework with --source, on 127.0.0.1)",
+    "RLOPS_ROW_LIMITS=": "functions/logger/main_test.py::test_rows_outside_the_models_limits_"
+                         "are_rejected_alone (the same variables, under functions-framework)",
     ".venv/bin/tensorboard": "tests/tensorboard_test.py::test_tensorboard_serves_the_scalars_of_an_"
                              "events_file",
     "rlops compile": "tfx_pipeline/vertex_rehearsal_test.py (compiles both, runs every task)",

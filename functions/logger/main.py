@@ -16,6 +16,7 @@ message changes nothing. A failure raises, so Pub/Sub redelivers the message.
 import json
 import os
 
+import flask
 import functions_framework
 
 from rlops import log_sinks
@@ -28,10 +29,13 @@ def log_records(cloud_event) -> None:
   """Cloud Function entry point: a Pub/Sub message of prediction logs and feedback.
 
   A row the warehouse cannot store, or outside RLOPS_ROW_LIMITS (the served model's
-  dimensions and ranges, `RowLimits`) where that is set, is rejected alone: the others
-  are written, and the rejected rows are logged with their reasons and acknowledged,
-  since a redelivery could not change them. A message that is not JSON of lists of rows,
-  or a failure to write, raises, so Pub/Sub redelivers the message.
+  dimensions and ranges, `RowLimits`) where that is set, is refused alone: the others
+  are written, and the refused rows are logged with their reasons. The message is then
+  answered 422 with the reasons, not acknowledged, so that no refused row is lost:
+  Pub/Sub redelivers it (its stored rows change nothing) and then moves it to the
+  dead-letter topic `rlops deploy` gives the subscription; the endpoint's outbox sets
+  the refused rows aside in its dead-letter file. A message that is not JSON of lists
+  of rows, or a failure to write, raises, so Pub/Sub redelivers the message.
   """
   uri = os.environ.get(WAREHOUSE_ENV)
   if not uri:
@@ -40,3 +44,7 @@ def log_records(cloud_event) -> None:
   _, rejected = log_sinks.write_rows(message, uri, log_sinks.limits_from_env())
   if rejected:
     print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))
+    reasons = [entry["reason"] for entry in rejected]
+    flask.abort(flask.Response(
+        json.dumps({"error": f"{len(rejected)} row(s) refused", "reasons": reasons}),
+        status=422, mimetype="application/json"))

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from cloudevents.http import CloudEvent
 from google.cloud import pubsub_v1
+from werkzeug import exceptions
 
 from functions import testing_utils
 from functions.logger import main as logger
@@ -54,8 +55,9 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
 
 
 def test_rows_the_warehouse_cannot_store_are_rejected_alone_without_limits(tmp_path):
-  """A NaN reward, a row missing fields and a negative propensity are refused alone with a
-  200 (Pub/Sub would otherwise redeliver, then dead-letter the valid rows with them)."""
+  """A NaN reward, a row missing fields and a negative propensity are refused alone: the rest
+  is stored, and the message answered 422 with the reasons (not acknowledged: Pub/Sub keeps
+  it, and dead-letters it after its delivery attempts)."""
   path = str(tmp_path / "warehouse.sqlite")
   message = _message(4)
   message["predictions"][1] = {"request_id": "req-1"}
@@ -64,7 +66,10 @@ def test_rows_the_warehouse_cannot_store_are_rejected_alone_without_limits(tmp_p
   with testing_utils.functions_framework(SOURCE, "log_records",
                                          {logger.WAREHOUSE_ENV: path}) as url:
     headers, body = log_sinks.pubsub_cloud_event(message)
-    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+    response = httpx.post(url, headers=headers, json=body)
+  assert response.status_code == 422 and response.json()["error"] == "3 row(s) refused"
+  assert [reason.split(":")[0] for reason in response.json()["reasons"]] == [
+      "request_id 'req-1'", "request_id 'req-2'", "request_id 'req-3'"]
   store = warehouse_lib.Warehouse(path)
   assert list(store.rewarded_records()["request_id"]) == ["req-0"]
   with sqlite3.connect(path) as connection:
@@ -84,7 +89,7 @@ def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
          "RLOPS_ROW_LIMITS": json.dumps({"rank_k": 2, "num_actions": 10})}
   with testing_utils.functions_framework(SOURCE, "log_records", env) as url:
     headers, body = log_sinks.pubsub_cloud_event(message)
-    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+    assert httpx.post(url, headers=headers, json=body).status_code == 422  # Not acknowledged.
   store = warehouse_lib.Warehouse(path)
   records = store.rewarded_records()
   # Of four records, one keeps both its prediction and its feedback within the limits.
@@ -95,8 +100,9 @@ def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
 def test_an_older_servers_outbox_line_is_forwarded_as_written_and_its_bad_row_refused_alone(
     tmp_path):
   """An outbox line of an older server, with an escaped lone surrogate (the standard library's
-  JSON, which no warehouse stores): the outbox forwards its lines as they are, and the served
-  Logger refuses that row alone, with its reason, and stores the rest."""
+  JSON, which no warehouse stores): the outbox forwards its lines as they are, the served
+  Logger refuses that row alone, with its reason, and stores the rest, and the outbox sets
+  the refused row aside in its dead-letter file."""
   path = str(tmp_path / "warehouse.sqlite")
   rows = _message(4)["predictions"]
   rows[2] = {**rows[2], "request_id": "x\ud800"}
@@ -112,7 +118,10 @@ def test_an_older_servers_outbox_line_is_forwarded_as_written_and_its_bad_row_re
       assert logs.flush(timeout=60.0)
     finally:
       logs.close()
-  assert logs.failures == 0 and logs.dead_letters == 0
+  assert logs.failures == 0 and logs.dead_letters == 1
+  with open(logs.dead_letter_path) as f:
+    [dead] = [json.loads(line) for line in f]
+  assert dead["row"] == rows[2] and "request_id is not valid Unicode" in dead["reason"]
   with sqlite3.connect(path) as connection:
     stored = sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
   assert stored == ["req-0", "req-1", "req-3"]
@@ -132,7 +141,7 @@ def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refuse
   env = {logger.WAREHOUSE_ENV: path,
          "RLOPS_ROW_LIMITS": json.dumps({"rank_k": 2, "num_actions": 10})}
   with testing_utils.functions_framework(SOURCE, "log_records", env) as url:
-    assert httpx.post(url, headers=headers, json=body).status_code == 200  # Acknowledged.
+    assert httpx.post(url, headers=headers, json=body).status_code == 422  # Not acknowledged.
   records = warehouse_lib.Warehouse(path).rewarded_records()
   assert list(records["request_id"]) == ["req-2"]
 
@@ -245,9 +254,12 @@ def test_deployed_entry_point_merges_into_bigquery(monkeypatch, capsys):
   assert log_sinks.write_rows(message, bigquery_test.URI) == ({"predictions": 0, "feedback": 0},
                                                                [])
   capsys.readouterr()
-  # Refused alone and acknowledged, without a query: a redelivery could not change it.
-  logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
-      {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {}, message_id="43"))
+  # Refused alone, without a query, and not acknowledged: Pub/Sub keeps the message.
+  with pytest.raises(exceptions.HTTPException) as refused:
+    logger.log_records(pubsub_delivery(TOPIC, log_sinks.encode_message(
+        {"predictions": [dict(message["predictions"][0], propensity=2.0)]}), {},
+        message_id="43"))
+  assert refused.value.response.status_code == 422
   assert len(client.requests) == setup + 6
   warning = json.loads(capsys.readouterr().out)
   assert warning["severity"] == "WARNING" and "propensity" in warning["rejected_rows"][0]["reason"]

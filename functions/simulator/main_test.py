@@ -6,7 +6,7 @@ import numpy as np
 
 from functions import testing_utils
 from functions.simulator import main as simulator
-from rlops import log_sinks, model_io, simulation, testing, training
+from rlops import log_sinks, model_io, simulation, testing, traffic, training
 from rlops import warehouse as warehouse_lib
 from rlops.config import AgentConfig, Config, DataConfig, EnvironmentConfig, GcpConfig
 from rlops.serving import app as serving_app
@@ -44,6 +44,33 @@ def test_scheduled_tick_sends_requests_and_the_reward_of_that_user_and_movie(tmp
   assert len(records["request_id"]) == 40
   users = testing.users_of(model, records["observation"])
   np.testing.assert_allclose(records["reward"], model.reward(users, records["action"]), atol=1e-5)
+
+
+class _Unreachable:
+  """A Logger that cannot be reached: every delivery fails, retryably."""
+
+  def deliver(self, message):
+    raise OSError("connection refused")
+
+
+def test_rewards_that_could_not_be_delivered_are_kept_and_sent_first_by_the_next_run(tmp_path):
+  model = simulation.MovieLensModel.from_config(CONFIG)
+  _push_model(str(tmp_path / "serving"), model)
+  path = str(tmp_path / "warehouse.sqlite")
+  kept = str(tmp_path / "feedback-undelivered.jsonl")
+  app = serving_app.create_app(str(tmp_path / "serving"), log_sinks.InProcessSink(path),
+                               outbox_path=str(tmp_path / "outbox.jsonl"))
+  with server.ServerThread(app) as endpoint:
+    url = f"{endpoint.url}/predict"
+    lost = traffic.run_simulation(url, model, 6, _Unreachable(), feedback_retry_seconds=0.2,
+                                  undelivered_path=kept)
+    assert lost["feedback_undelivered"] == 6 and lost["feedback_undelivered_file"] == kept
+    sent = traffic.run_simulation(url, model, 4, log_sinks.InProcessSink(path), seed=1,
+                                  undelivered_path=kept)
+    assert app.state.logger.flush(timeout=30.0)
+  assert sent["feedback_delivered"] == 10 and sent["feedback_undelivered_file"] is None
+  assert not os.path.exists(kept)
+  assert len(warehouse_lib.Warehouse(path).rewarded_records()["request_id"]) == 10
 
 
 def test_vertex_endpoint_is_found_by_its_one_name():

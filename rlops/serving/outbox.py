@@ -12,6 +12,8 @@ at a time, and each row rejected on its own is set aside in the dead-letter
 file, so one poison row never stops the others. `replay_dead_letters` sends the
 set-aside rows again once fixed.
 """
+import fcntl
+import glob
 import json
 import math
 import os
@@ -30,11 +32,22 @@ READ_BYTES_PER_ROW = 1024
 MAX_BACKOFF_SECONDS = 5.0
 # Digits of the delivered offset in `<outbox>.offset`, space-padded: rewritten in place.
 OFFSET_WIDTH = 20
+# A dead-letter file being replayed is renamed `<file><REPLAYING_SUFFIX>-<pid>`.
+REPLAYING_SUFFIX = ".replaying"
 
 
 def dead_letter_path(outbox_path: str) -> str:
   """Where the outbox at `outbox_path` sets aside the rows its sink rejects."""
   return outbox_path + ".dead.jsonl"
+
+
+def _dead_letter(line: bytes, reason: str) -> Dict[str, Any]:
+  """The dead-letter entry of an outbox line the sink rejected for `reason`: its row, or the
+  line itself with why it is not JSON."""
+  try:
+    return {"row": log_sinks.decode_json(line), "reason": reason}
+  except ValueError as error:
+    return {"line": line.decode(errors="replace") + "\n", "reason": f"not JSON: {error}"}
 
 
 def _count_lines(path: str) -> int:
@@ -188,12 +201,11 @@ class OutboxLogger:
     found on disk, parsed one by one (joined, malformed lines can still parse as an array)."""
     valid, malformed = [], []
     for line in lines:
-      try:
-        log_sinks.decode_json(line)
+      entry = _dead_letter(line, "")
+      if "line" in entry:
+        malformed.append(entry)
+      else:
         valid.append(line)
-      except ValueError as error:
-        malformed.append({"line": line.decode(errors="replace") + "\n",
-                          "reason": f"not JSON: {error}"})
     return valid, malformed
 
   def _deliver(self, lines: List[bytes]) -> None:
@@ -208,14 +220,14 @@ class OutboxLogger:
       return
     except ValueError as error:
       if len(lines) == 1:
-        self._set_aside({"row": log_sinks.decode_json(lines[0]), "reason": str(error)})
+        self._set_aside(_dead_letter(lines[0], str(error)))
         return
     rejected = []  # Set aside once every row is through: a retry starts the batch over.
     for line in lines:
       try:
         self._sink.deliver_encoded(log_sinks.encode_predictions([line]))
       except ValueError as error:
-        rejected.append({"row": log_sinks.decode_json(line), "reason": str(error)})
+        rejected.append(_dead_letter(line, str(error)))
     for entry in rejected:
       self._set_aside(entry)
 
@@ -284,37 +296,60 @@ class OutboxLogger:
 def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
   """Delivers the rows set aside in the dead-letter file at `path` again, one at a time.
 
-  The file is first renamed, so a running server may keep setting rows aside;
-  rows rejected again, and malformed lines, are appended back to `path`.
-  A retryable failure stops the replay and puts every row not yet delivered back.
+  The file is first renamed (to `<path>.replaying-<pid>`), so a running server may keep
+  setting rows aside. Rows rejected again, with their new reason, and the lines that hold
+  no row (malformed outbox lines, or lines damaged in the dead-letter file itself, kept as
+  they are) are appended back to `path`. A retryable failure stops the replay and puts
+  every line not yet delivered back. The files of a replay that was killed are replayed
+  too: no line is lost, though one may be delivered twice (the warehouse keeps one).
 
   Returns:
     {"delivered": rows now delivered, "rejected": rows set aside again}.
+
+  Raises:
+    BlockingIOError: Another replay of `path` is running.
   """
-  if not os.path.exists(path):
+  if not os.path.exists(path) and not glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"):
     return {"delivered": 0, "rejected": 0}
-  replaying = path + ".replaying"
-  os.replace(path, replaying)
-  with open(replaying) as f:
-    entries = [json.loads(line) for line in f if line.strip()]
-  counts = {"delivered": 0, "rejected": 0}
-  kept = []
-  try:
-    for index, entry in enumerate(entries):
-      if "row" not in entry:
-        kept.append(entry)
-        continue
-      try:
-        sink.deliver({"predictions": [entry["row"]]})
-        counts["delivered"] += 1
-      except ValueError as error:
-        kept.append({**entry, "reason": str(error)})
-      except Exception:
-        kept.extend(entries[index:])
-        raise
-  finally:
-    counts["rejected"] = sum("row" in entry for entry in kept)
-    with open(path, "a") as f:
-      f.writelines(json.dumps(entry) + "\n" for entry in kept)
-    os.remove(replaying)
+  with open(path + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    files = sorted(glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"))
+    if os.path.exists(path):
+      files.append(f"{path}{REPLAYING_SUFFIX}-{os.getpid()}")
+      os.replace(path, files[-1])
+    lines = []
+    for name in files:
+      with open(name, "rb") as f:
+        lines.extend(line for line in f.read().splitlines() if line.strip())
+    counts = {"delivered": 0, "rejected": 0}
+    kept, done = [], 0
+    try:
+      for line in lines:
+        entry = _replayable(line)
+        if entry is None:
+          kept.append(line)
+        else:
+          try:
+            sink.deliver({"predictions": [entry["row"]]})
+            counts["delivered"] += 1
+          except ValueError as error:
+            kept.append(json.dumps({**entry, "reason": str(error)}).encode())
+            counts["rejected"] += 1
+        done += 1
+    finally:
+      with open(path, "ab") as f:
+        f.writelines(line + b"\n" for line in kept + lines[done:])
+        f.flush()
+        os.fsync(f.fileno())
+      for name in files:
+        os.remove(name)
   return counts
+
+
+def _replayable(line: bytes) -> Optional[Dict[str, Any]]:
+  """The dead-letter entry on `line` if it holds a row to deliver again; None if not."""
+  try:
+    entry = log_sinks.decode_json(line)
+  except ValueError:
+    return None
+  return entry if isinstance(entry, dict) and "row" in entry else None

@@ -163,7 +163,8 @@ def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_
   rows = _rows("a", 6)
   two_rows_on_a_line = json.dumps(rows[1]) + "," + json.dumps(rows[2])
   # Joined with commas, all the lines still make one valid array: only each alone is refused.
-  malformed = ["1,2", "[3", "4]", two_rows_on_a_line]
+  # And one nested deeper than any JSON parser here reads.
+  malformed = ["1,2", "[3", "4]", two_rows_on_a_line, "[" * 5000 + "]" * 5000]
   lines = [json.dumps(rows[0]), *malformed, *map(json.dumps, rows[3:])]
   (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
   logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"),
@@ -171,7 +172,7 @@ def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_
   logger.start()
   try:
     assert logger.flush(timeout=10.0)
-    assert logger.failures == 0 and logger.dead_letters == 4
+    assert logger.failures == 0 and logger.dead_letters == 5
   finally:
     logger.close()
   assert _stored(warehouse) == ["a0", "a3", "a4", "a5"]
@@ -179,3 +180,49 @@ def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_
     dead = [json.loads(line) for line in f]
   assert [entry["line"] for entry in dead] == [line + "\n" for line in malformed]
   assert all("not JSON" in entry["reason"] for entry in dead)
+
+
+class _FailingAfter(_RecordingSink):
+  """Accepts `accepted` messages, then fails as an unreachable warehouse does."""
+
+  def __init__(self, accepted: int):
+    super().__init__()
+    self._accepted = accepted
+
+  def deliver(self, message):
+    if len(self.rows) == self._accepted:
+      raise OSError("warehouse unreachable")
+    super().deliver(message)
+
+
+def test_a_replay_loses_no_line_whatever_the_file_holds_or_however_it_stops(tmp_path):
+  dead = str(tmp_path / "outbox.jsonl.dead.jsonl")
+  good, still_bad, stranded = _rows("good", 1)[0], _rows("bad", 1)[0], _rows("stranded", 1)[0]
+  still_bad["propensity"] = -0.5
+  unreplayable = ["this line was torn", "5", '{"line": "[1,", "reason": "not JSON"}']
+  lines = [json.dumps({"row": good, "reason": "was refused"}), *unreplayable,
+           json.dumps({"row": still_bad, "reason": "was refused"})]
+  (tmp_path / "outbox.jsonl.dead.jsonl").write_text("".join(line + "\n" for line in lines))
+  # What a replay killed after renaming its file left behind.
+  (tmp_path / "outbox.jsonl.dead.jsonl.replaying-1").write_text(
+      json.dumps({"row": stranded, "reason": "was refused"}) + "\n")
+
+  # A retryable failure after one row: every line not delivered is back.
+  failing = _FailingAfter(accepted=1)
+  try:
+    outbox.replay_dead_letters(dead, failing)
+    raise AssertionError("the failure was not raised")
+  except OSError:
+    pass
+  assert [row["request_id"] for row in failing.rows] == ["stranded0"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox.jsonl.dead.jsonl",
+                                                        "outbox.jsonl.dead.jsonl.lock"]
+  assert sorted((tmp_path / "outbox.jsonl.dead.jsonl").read_text().splitlines()) == sorted(lines)
+
+  warehouse = str(tmp_path / "warehouse.sqlite")
+  assert outbox.replay_dead_letters(dead, log_sinks.InProcessSink(warehouse)) == {
+      "delivered": 1, "rejected": 1}
+  assert _stored(warehouse) == ["good0"]
+  kept = (tmp_path / "outbox.jsonl.dead.jsonl").read_text().splitlines()
+  assert sorted(kept[:3]) == sorted(unreplayable)  # As they were, for a person to read.
+  assert json.loads(kept[3])["row"] == still_bad and "propensity" in json.loads(kept[3])["reason"]
