@@ -226,8 +226,9 @@ def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, c
       json.dumps({"row": {**row, "request_id": "r4"}, "reason": "was refused"}) + "\n")
   assert cli.main(["replay-dead-letters", "--workdir", str(tmp_path)]) == 1
   assert json.loads(capsys.readouterr().out) == {
-      str(dead): {"delivered": 1, "rejected": 2},
-      str(tmp_path / "outbox-1.jsonl.dead.jsonl"): {"delivered": 1, "rejected": 0}}
+      str(dead): {"delivered": 1, "rejected": 2, "unreplayable": 0},
+      str(tmp_path / "outbox-1.jsonl.dead.jsonl"): {"delivered": 1, "rejected": 0,
+                                                    "unreplayable": 0}}
   assert [json.loads(line)["row"]["request_id"] for line in dead.read_text().splitlines()] == [
       "r2", "r3"]
   assert "observation has 1 values" in dead.read_text().splitlines()[1]

@@ -304,13 +304,14 @@ def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
   too: no line is lost, though one may be delivered twice (the warehouse keeps one).
 
   Returns:
-    {"delivered": rows now delivered, "rejected": rows set aside again}.
+    {"delivered": rows now delivered, "rejected": rows set aside again,
+     "unreplayable": lines put back that hold no row}.
 
   Raises:
     BlockingIOError: Another replay of `path` is running.
   """
   if not os.path.exists(path) and not glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"):
-    return {"delivered": 0, "rejected": 0}
+    return {"delivered": 0, "rejected": 0, "unreplayable": 0}
   with open(path + ".lock", "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     files = sorted(glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"))
@@ -321,13 +322,14 @@ def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
     for name in files:
       with open(name, "rb") as f:
         lines.extend(line for line in f.read().splitlines() if line.strip())
-    counts = {"delivered": 0, "rejected": 0}
+    counts = {"delivered": 0, "rejected": 0, "unreplayable": 0}
     kept, done = [], 0
     try:
       for line in lines:
         entry = _replayable(line)
         if entry is None:
           kept.append(line)
+          counts["unreplayable"] += 1
         else:
           try:
             sink.deliver({"predictions": [entry["row"]]})

@@ -148,11 +148,11 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
 
   # Replayed into the same warehouse, they are rejected again and kept; once the warehouse
   # (here: a recording sink) accepts them, they are delivered.
-  assert outbox.replay_dead_letters(logger.dead_letter_path, sink) == {"delivered": 0,
-                                                                        "rejected": 3}
+  assert outbox.replay_dead_letters(logger.dead_letter_path, sink) == {
+      "delivered": 0, "rejected": 3, "unreplayable": 1}
   recording = _RecordingSink()
-  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {"delivered": 3,
-                                                                             "rejected": 0}
+  assert outbox.replay_dead_letters(logger.dead_letter_path, recording) == {
+      "delivered": 3, "rejected": 0, "unreplayable": 1}
   assert [row["request_id"] for row in recording.rows] == ["x\ud800", "bad0", "late0"]
   with open(logger.dead_letter_path) as f:  # The malformed line stays for a person to read.
     assert [json.loads(line)["line"] for line in f] == ['{"request_id": \n']
@@ -221,7 +221,7 @@ def test_a_replay_loses_no_line_whatever_the_file_holds_or_however_it_stops(tmp_
 
   warehouse = str(tmp_path / "warehouse.sqlite")
   assert outbox.replay_dead_letters(dead, log_sinks.InProcessSink(warehouse)) == {
-      "delivered": 1, "rejected": 1}
+      "delivered": 1, "rejected": 1, "unreplayable": 3}
   assert _stored(warehouse) == ["good0"]
   kept = (tmp_path / "outbox.jsonl.dead.jsonl").read_text().splitlines()
   assert sorted(kept[:3]) == sorted(unreplayable)  # As they were, for a person to read.
