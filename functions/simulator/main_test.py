@@ -61,10 +61,12 @@ def test_rewards_that_could_not_be_delivered_are_kept_and_sent_first_by_the_next
   app = serving_app.create_app(str(tmp_path / "serving"), log_sinks.InProcessSink(path),
                                outbox_path=str(tmp_path / "outbox.jsonl"))
   with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
     url = f"{endpoint.url}/predict"
     lost = traffic.run_simulation(url, model, 6, _Unreachable(), feedback_retry_seconds=0.2,
                                   undelivered_path=kept)
-    assert lost["feedback_undelivered"] == 6 and lost["feedback_undelivered_file"] == kept
+    assert lost["errors"] == 0 and lost["feedback_undelivered"] == 6
+    assert lost["feedback_undelivered_file"] == kept
     sent = traffic.run_simulation(url, model, 4, log_sinks.InProcessSink(path), seed=1,
                                   undelivered_path=kept)
     assert app.state.logger.flush(timeout=30.0)
