@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 from typing import List, Optional
@@ -237,6 +238,23 @@ def _sink(args: argparse.Namespace, config: Config):
                                  log_sinks.RowLimits.of(config.environment))
 
 
+def _refuse_stranded_outboxes(workdir: str, workers: int) -> None:
+  """Refuses a count of server processes that would leave the undelivered rows of an outbox
+  behind: worker i delivers outbox-<i>.jsonl, a single process outbox.jsonl."""
+  from rlops.serving import outbox, server  # pylint: disable=import-outside-toplevel
+  served = workdirs.LocalPaths(workdir).outbox
+  owned = {os.path.basename(server.worker_outbox_path(served, index if workers > 1 else None))
+           for index in range(workers)}
+  for path in sorted(pathlib.Path(workdir).glob("outbox*.jsonl")):
+    if not re.fullmatch(r"outbox(-\d+)?\.jsonl", path.name) or path.name in owned:
+      continue
+    rows = outbox.undelivered_rows(str(path))
+    if rows:
+      raise WorkdirError(f"{path} holds {rows} undelivered prediction logs, which --workers "
+                         f"{workers} would not deliver: serve with the --workers that wrote it "
+                         "until they are delivered")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   if args.workers < 1:
@@ -256,6 +274,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"http://{args.host}:{args.port}/predict", flush=True)
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  _refuse_stranded_outboxes(config.workdir, args.workers)
   for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE", log_sinks.ROW_LIMITS_ENV):
     os.environ.pop(name, None)
   os.environ.update({

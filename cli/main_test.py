@@ -99,6 +99,26 @@ def test_more_movies_than_the_data_rates_is_refused(tmp_path, capsys, arguments,
   assert not workdir.exists()
 
 
+def test_serving_with_another_count_of_workers_than_left_rows_undelivered_is_refused(
+    tmp_path, capsys):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "rlops_model.json").write_text("{}")  # Only its presence is checked before serving.
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  (workdir / "outbox-0.jsonl").write_text('{"request_id": "a"}\n')  # Worker 0's, undelivered.
+  (workdir / "outbox.jsonl.dead.jsonl").write_text('{"row": {}}\n')  # Not an outbox.
+  (workdir / "outbox-1.jsonl").write_text('{"request_id": "b"}\n{"request_id": "c"}\n')
+  (workdir / "outbox-1.jsonl.offset").write_text("20\n")  # Its first row is delivered.
+  assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model),
+                   "--workers", "1"]) == 4
+  reason = _one_line_reason(capsys, "workdir error")
+  assert "outbox-0.jsonl holds 1 undelivered" in reason and "--workers 1" in reason
+  (workdir / "outbox-0.jsonl.offset").write_text("20\n")
+  assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model)]) == 4
+  assert "outbox-1.jsonl holds 1 undelivered" in _one_line_reason(capsys, "workdir error")
+
+
 def test_workdir_state_is_checked_before_any_work(tmp_path, capsys):
   fresh = tmp_path / "fresh"
   assert cli.main(["pipeline", "retrain", "--workdir", str(fresh)]) == 4

@@ -50,6 +50,28 @@ def _dead_letter(line: bytes, reason: str) -> Dict[str, Any]:
     return {"line": line.decode(errors="replace") + "\n", "reason": f"not JSON: {error}"}
 
 
+def _delivered_offset(saved: bytes, end: int) -> int:
+  """The delivered offset an outbox's offset file holds, for an outbox of `end` bytes."""
+  saved = saved.strip()
+  # Unreadable (torn by a power loss): deliver everything again, the warehouse de-duplicates.
+  offset = int(saved) if saved.isdigit() else 0
+  return 0 if offset > end else offset  # Larger: compacted after the offset was saved.
+
+
+def undelivered_rows(outbox_path: str) -> int:
+  """The rows of the outbox at `outbox_path`, which no logger has open, not delivered yet."""
+  if not os.path.exists(outbox_path):
+    return 0
+  with open(outbox_path, "rb") as f:
+    data = f.read()
+  end = data.rfind(b"\n") + 1
+  saved = b""
+  if os.path.exists(outbox_path + ".offset"):
+    with open(outbox_path + ".offset", "rb") as f:
+      saved = f.read(2 * OFFSET_WIDTH)
+  return data.count(b"\n", _delivered_offset(saved, end), end)
+
+
 def _count_lines(path: str) -> int:
   if not os.path.exists(path):
     return 0
@@ -108,11 +130,7 @@ class OutboxLogger:
     end = data.rfind(b"\n") + 1
     if end < len(data):
       self._file.truncate(end)
-    saved = os.pread(self._offset_fd, 2 * OFFSET_WIDTH, 0).strip()
-    # Unreadable (torn by a power loss): deliver everything again, the warehouse de-duplicates.
-    offset = int(saved) if saved.isdigit() else 0
-    if offset > end:  # Compacted after the offset was saved.
-      offset = 0
+    offset = _delivered_offset(os.pread(self._offset_fd, 2 * OFFSET_WIDTH, 0), end)
     return end, offset, data.count(b"\n", offset, end)
 
   def rows_on_disk(self) -> Iterator[Dict[str, Any]]:
