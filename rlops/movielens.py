@@ -4,6 +4,7 @@ The format is MovieLens' `u.data`: one rating per line, four tab-separated
 integers `user id, item id, rating, timestamp`, ids starting at 1.
 """
 import dataclasses
+import functools
 import io
 import os
 import pathlib
@@ -11,6 +12,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -24,6 +26,12 @@ RATING_SHARES = np.array([0.0611, 0.1137, 0.2715, 0.3417, 0.2120])
 # Range of the real set's timestamps (September 1997 to April 1998).
 TIMESTAMP_RANGE = (874724710, 893286638)
 _COLUMNS = "user id, item id, rating, timestamp"
+# Largest u.data read: memory grows to about 14 times the file while it is parsed.
+MAX_UDATA_BYTES = 64 << 20
+# Largest rating matrix (user ids times item ids, dense): the ids index it.
+MAX_MATRIX_CELLS = 10**8
+# Digits of the longest integer field (int64 holds 18 digits whatever they are).
+MAX_DIGITS = 18
 
 PathLike = Union[str, os.PathLike]
 
@@ -67,22 +75,35 @@ class Ratings:
     return buffer.getvalue().encode()
 
 
+def _bounded(size: int, source: str) -> None:
+  if size > MAX_UDATA_BYTES:
+    raise DataError(f"{source}: {size} bytes, more than the {MAX_UDATA_BYTES} this reads "
+                    "(MovieLens 100K's u.data has about 2 MB)")
+
+
 def _read_udata_bytes(path: PathLike) -> Tuple[bytes, str]:
   """Returns the bytes of u.data from a folder, a zip or the file itself."""
   path = pathlib.Path(path)
   if path.is_dir():
     for candidate in (path / "u.data", path / "ml-100k" / "u.data"):
       if candidate.is_file():
-        return candidate.read_bytes(), str(candidate)
+        return _read_udata_bytes(candidate)
     raise DataError(f"{path}: no u.data in this folder (nor in ml-100k/ below it)")
   if not path.is_file():
     raise DataError(f"{path}: no such file or folder")
   if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as archive:
-      members = sorted((m for m in archive.namelist() if m.endswith("u.data")), key=len)
-      if not members:
-        raise DataError(f"{path}: the zip holds no u.data")
-      return archive.read(members[0]), f"{path}!{members[0]}"
+    try:
+      with zipfile.ZipFile(path) as archive:
+        members = sorted((m for m in archive.infolist() if m.filename.endswith("u.data")),
+                         key=lambda member: len(member.filename))
+        if not members:
+          raise DataError(f"{path}: the zip holds no u.data")
+        source = f"{path}!{members[0].filename}"
+        _bounded(members[0].file_size, source)
+        return archive.read(members[0]), source
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+      raise DataError(f"{path}: a damaged zip ({error})") from None
+  _bounded(path.stat().st_size, str(path))
   return path.read_bytes(), str(path)
 
 
@@ -101,25 +122,30 @@ def parse_udata(raw: bytes, source: str = "<bytes>",
   kept = np.flatnonzero(non_space_per_line > 0)
   if not len(kept):
     raise DataError(f"{source}: no ratings (the file is empty)")
-  tabs_per_line = np.bincount(
-      np.searchsorted(newlines, np.flatnonzero(buf == ord("\t"))), minlength=len(newlines))
+  line_of = functools.partial(np.searchsorted, newlines)
+  tabs = np.flatnonzero(buf == ord("\t"))
+  tabs_per_line = np.bincount(line_of(tabs), minlength=len(newlines))
   bad = kept[tabs_per_line[kept] != 3]
   if len(bad):
     line = int(bad[0])
     raise DataError(f"{source}:{line + 1}: expected 4 tab-separated columns ({_COLUMNS}), "
                     f"found {tabs_per_line[line] + 1}")
+  # Each field one token: 4 tokens a line, and no tab next to white space (an empty field).
+  token_starts = np.flatnonzero(~is_space & np.concatenate([[True], is_space[:-1]]))
+  tokens_per_line = np.bincount(line_of(token_starts), minlength=len(newlines))
+  empty = (tabs == 0) | is_space[tabs - 1] | is_space[np.minimum(tabs + 1, len(buf) - 1)]
+  bad = np.union1d(kept[tokens_per_line[kept] != 4], line_of(tabs[empty]))
+  if len(bad):
+    line = int(bad[0])
+    raise DataError(f"{source}:{line + 1}: expected 4 integers ({_COLUMNS}), one between "
+                    "each pair of tabs")
   tokens = np.array(raw.split(), dtype=np.bytes_)
-  if len(tokens) != 4 * len(kept):
-    for line in kept:  # Error path only: find the line with an empty or split field.
-      fields = raw[starts[line]:newlines[line]].split()
-      if len(fields) != 4:
-        raise DataError(f"{source}:{line + 1}: expected 4 integers ({_COLUMNS}), "
-                        f"found {len(fields)} fields")
-  not_integer = ~np.char.isdigit(tokens)
+  not_integer = ~np.char.isdigit(tokens) | (np.char.str_len(tokens) > MAX_DIGITS)
   if not_integer.any():
     index = int(np.argmax(not_integer))
-    raise DataError(f"{source}:{kept[index // 4] + 1}: {tokens[index].decode(errors='replace')!r} "
-                    "is not a non-negative integer")
+    raise DataError(f"{source}:{kept[index // 4] + 1}: "
+                    f"{tokens[index][:40].decode(errors='replace')!r} "
+                    f"is not a non-negative integer of at most {MAX_DIGITS} digits")
   values = tokens.astype(np.int64).reshape(-1, 4)
   checks = [
       (values[:, 0] < 1, "user id must be at least 1"),
@@ -135,6 +161,19 @@ def parse_udata(raw: bytes, source: str = "<bytes>",
       row = int(np.argmax(failed))
       raise DataError(f"{source}:{kept[row] + 1}: {message} "
                       f"(line: {' '.join(map(str, values[row]))})")
+  max_user, max_item = int(values[:, 0].max()), int(values[:, 1].max())
+  if max_user * max_item > MAX_MATRIX_CELLS:
+    row = int(np.argmax(values[:, 0] * values[:, 1]))
+    raise DataError(f"{source}:{kept[row] + 1}: ids up to user {max_user} and item {max_item} "
+                    f"make a rating matrix of more than {MAX_MATRIX_CELLS} cells: number the "
+                    "users and items from 1 without gaps")
+  pairs = values[:, 0] * (max_item + 1) + values[:, 1]
+  _, first, counts = np.unique(pairs, return_index=True, return_counts=True)
+  if (counts > 1).any():
+    pair = pairs[first[np.argmax(counts > 1)]]
+    rows = np.flatnonzero(pairs == pair)[:2]
+    raise DataError(f"{source}:{kept[rows[1]] + 1}: user {values[rows[0], 0]} rated item "
+                    f"{values[rows[0], 1]} before, on line {kept[rows[0]] + 1}")
   return Ratings(user_ids=values[:, 0].astype(np.int32),
                  movie_ids=values[:, 1].astype(np.int32),
                  ratings=values[:, 2].astype(np.int8),
@@ -229,15 +268,16 @@ def generate_ratings(seed: int = 0, num_users: int = NUM_USERS, num_movies: int 
 
 def describe(ratings: Ratings) -> dict:
   """Shape, sparsity and skew statistics, to compare a set with the real MovieLens 100K."""
-  per_user = np.bincount(ratings.user_ids)[1:]
-  per_movie = np.bincount(ratings.movie_ids, minlength=ratings.num_movies + 1)[1:]
+  # Over the users and movies with ratings: ids need not be contiguous.
+  per_user = np.unique(ratings.user_ids, return_counts=True)[1]
+  per_movie = np.unique(ratings.movie_ids, return_counts=True)[1]
   top_share = np.sort(per_movie)[::-1][:max(1, len(per_movie) // 10)].sum() / len(ratings)
   return {
       "source": ratings.source,
       "ratings": len(ratings),
-      "users": int((per_user > 0).sum()),
-      "movies": int((per_movie > 0).sum()),
-      "density": len(ratings) / (ratings.num_users * ratings.num_movies),
+      "users": len(per_user),
+      "movies": len(per_movie),
+      "density": len(ratings) / (len(per_user) * len(per_movie)),
       "rating_shares": (np.bincount(ratings.ratings, minlength=6)[1:]
                         / len(ratings)).round(4).tolist(),
       "mean_rating": float(ratings.ratings.mean()),

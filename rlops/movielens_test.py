@@ -60,6 +60,14 @@ def test_missing_final_newline():
     (b"0\t2\t3\t4\n", "u.data:1: user id must be at least 1"),
     (b"1\t0\t3\t4\n", "u.data:1: item id must be at least 1"),
     (b"1\t2\t3\t4\n\n1\t2\t6\t4\n", "u.data:3: rating must be between 1 and 5"),
+    # A stray field and an empty one on the next line: as many tokens, not in their lines.
+    (b"10\t20\t3\t881250949 5\n\t4\t2\t881250950\n", "u.data:1: expected 4 integers"),
+    (b"1\t2\t3\t4\n\t4\t2\t8\n", "u.data:2: expected 4 integers"),
+    (b"1\t2\t3\t" + b"9" * 23 + b"\n", "u.data:1: '9{23}' is not a non-negative integer of at"),
+    # Beyond int32 (which wrapped to another user) and far beyond any rating matrix.
+    (b"1\t2\t3\t4\n4294967301\t1\t1\t4\n", "u.data:2: ids up to user 4294967301 and item 2"),
+    (b"1\t1\t3\t4\n2\t2\t3\t4\n1\t1\t5\t9\n", "u.data:3: user 1 rated item 1 before, on "
+                                                   "line 1"),
 ])
 def test_bad_files_name_file_and_line(tmp_path, raw, message):
   path = tmp_path / "u.data"
@@ -71,6 +79,27 @@ def test_bad_files_name_file_and_line(tmp_path, raw, message):
 def test_ids_beyond_the_declared_range():
   with pytest.raises(movielens.DataError, match="x:2: user id exceeds 943"):
     movielens.parse_udata(b"1\t2\t3\t4\n944\t2\t3\t4\n", "x", num_users=943)
+
+
+def test_describe_counts_only_the_ids_with_ratings():
+  stats = movielens.describe(movielens.parse_udata(
+      b"1\t1\t5\t1\n1\t2\t4\t1\n1000\t1\t3\t1\n1000\t2\t2\t1\n"))
+  assert (stats["users"], stats["movies"], stats["density"]) == (2, 2, 1.0)
+  assert stats["ratings_per_user"] == {"min": 2, "median": 2.0, "max": 2}
+
+
+def test_a_damaged_zip_or_an_oversized_file_is_a_data_error(tmp_path, monkeypatch):
+  archive = _zip_bytes({"ml-100k/u.data": REAL_LINES * 50})
+  damaged = bytearray(archive)
+  start = archive.index(b"ml-100k/u.data") + len("ml-100k/u.data")  # The compressed data.
+  damaged[start + 10:start + 30] = b"\xff" * 20
+  (tmp_path / "damaged.zip").write_bytes(bytes(damaged))
+  with pytest.raises(movielens.DataError, match="damaged.zip: a damaged zip"):
+    movielens.load_ratings(tmp_path / "damaged.zip")
+  monkeypatch.setattr(movielens, "MAX_UDATA_BYTES", len(REAL_LINES) - 1)
+  (tmp_path / "u.data").write_bytes(REAL_LINES)
+  with pytest.raises(movielens.DataError, match=f"u.data: {len(REAL_LINES)} bytes, more than"):
+    movielens.load_ratings(tmp_path / "u.data")
 
 
 def test_missing_paths(tmp_path):
