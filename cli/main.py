@@ -238,6 +238,24 @@ def _sink(args: argparse.Namespace, config: Config):
                                  log_sinks.RowLimits.of(config.environment))
 
 
+def _refuse_a_model_of_another_shape(directory: str, config: Config) -> None:
+  """Refuses to serve, into the workdir's warehouse, a model whose rows the workdir's row
+  limits would refuse (its observation length or number of movies differ)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from rlops import model_io  # pylint: disable=import-outside-toplevel
+  try:
+    metadata = model_io.read_metadata(directory)
+    shape = (metadata["num_movies"], metadata["rank_k"])
+  except (tf.errors.OpError, ValueError, KeyError, TypeError):
+    return  # Not readable yet: the server reports why it does not serve.
+  environment = config.environment
+  if shape != (environment.num_movies, environment.rank_k):
+    raise ConfigError(f"the model at {directory} has {shape[0]} movies at rank {shape[1]}, the "
+                      f"workdir {config.workdir} {environment.num_movies} at rank "
+                      f"{environment.rank_k}: its predictions could not be logged there; serve "
+                      "it with a workdir of its shape (--num-movies, --rank-k)")
+
+
 def _refuse_stranded_outboxes(workdir: str, workers: int) -> None:
   """Refuses a count of server processes that would leave the undelivered rows of an outbox
   behind: worker i delivers outbox-<i>.jsonl, a single process outbox.jsonl."""
@@ -265,13 +283,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
   if not os.path.isdir(model_dir):
     raise WorkdirError(f"no model at {model_dir}: run `rlops pipeline startup` first, or pass "
                        "--model a pushed model directory")
+  newest = model_dir
   if not os.path.exists(os.path.join(model_dir, model_io.METADATA_FILE)):
     try:
       version = model_io.latest_version(model_dir)
     except FileNotFoundError as error:
       raise WorkdirError(str(error)) from error
+    newest = os.path.join(model_dir, version)
     print(f"serving {model_dir} (newest version {version}) at "
           f"http://{args.host}:{args.port}/predict", flush=True)
+  if not args.logger_url:
+    _refuse_a_model_of_another_shape(newest, config)
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
   _refuse_stranded_outboxes(config.workdir, args.workers)
@@ -302,6 +324,11 @@ def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
       counts[path] = outbox.replay_dead_letters(path, sink)
     except BlockingIOError:
       raise WorkdirError(f"another replay of {path} is running") from None
+    except Exception as error:  # pylint: disable=broad-except
+      # A retryable failure (`replay_dead_letters` put every line back).
+      raise ConfigError(f"cannot deliver the rows of {path} now ({type(error).__name__}: "
+                        f"{error}); every one not delivered is still in it: check "
+                        "--logger-url, or retry later") from None
   print(json.dumps(counts, indent=2))
   left = sum(count["rejected"] + count["unreplayable"] for count in counts.values())
   return 0 if left == 0 else 1  # 1 while a dead-letter file still holds something.

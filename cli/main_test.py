@@ -119,6 +119,15 @@ def test_serving_with_another_count_of_workers_than_left_rows_undelivered_is_ref
   assert "outbox-1.jsonl holds 1 undelivered" in _one_line_reason(capsys, "workdir error")
 
 
+def test_a_model_of_another_shape_than_the_workdirs_is_not_served_into_it(tmp_path, capsys):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "rlops_model.json").write_text('{"num_movies": 10, "rank_k": 10}')
+  assert cli.main(["serve", "--workdir", str(tmp_path / "work"), "--model", str(model)]) == 2
+  reason = _one_line_reason(capsys, "configuration error")
+  assert "has 10 movies at rank 10" in reason and "20 at rank 20" in reason
+
+
 def test_workdir_state_is_checked_before_any_work(tmp_path, capsys):
   fresh = tmp_path / "fresh"
   assert cli.main(["pipeline", "retrain", "--workdir", str(fresh)]) == 4

@@ -44,8 +44,18 @@ def new_request_id() -> str:
   return f"{value:032x}"
 
 
+def _shown(value: Any, width: Optional[int] = 100) -> str:
+  """repr of what a row holds, cut at `width` characters; a value nested deeper than repr
+  goes is named so (its repr would raise RecursionError, which is not a refusal)."""
+  try:
+    shown = repr(value)
+  except RecursionError:
+    return "<a value nested too deep to show>"
+  return shown[:width]
+
+
 def _problem(request_id: Any, problem: str) -> ValueError:
-  return ValueError(f"request_id {request_id!r}: {problem}")
+  return ValueError(f"request_id {_shown(request_id, None)}: {problem}")
 
 
 def text_problem(value: Any) -> Optional[str]:
@@ -64,7 +74,7 @@ def text_problem(value: Any) -> Optional[str]:
 def _text(request_id: Any, name: str, value: Any) -> str:
   problem = text_problem(value)
   if problem:
-    raise _problem(request_id, f"{name} {problem}, got {value!r:.100}")
+    raise _problem(request_id, f"{name} {problem}, got {_shown(value)}")
   return value
 
 
@@ -83,7 +93,7 @@ def _number(request_id: Any, name: str, value: Any, low: float, high: float) -> 
     return value
   if not _real_within(value, low, high):
     raise _problem(request_id, f"{name} must be a finite number in [{low:g}, {high:g}], "
-                               f"got {value!r:.100}")
+                               f"got {_shown(value)}")
   return float(value)
 
 
@@ -102,7 +112,7 @@ def _observation(request_id: Any, value: Any) -> Tuple[float, ...]:
   if not isinstance(value, (list, tuple)) or not value or not all(
       _real_within(x, -MAX_ABS_VALUE, MAX_ABS_VALUE) for x in value):
     raise _problem(request_id, "observation must be a non-empty list of finite float32 numbers, "
-                               f"got {value!r:.100}")
+                               f"got {_shown(value)}")
   return tuple(float(x) for x in value)
 
 
@@ -110,7 +120,7 @@ def _fields(row: Mapping[str, Any], columns: Sequence[str]) -> Mapping[str, Any]
   if type(row) is dict and row.keys() == _COLUMN_SETS[columns]:  # The common case.
     return row
   if not isinstance(row, Mapping):
-    raise ValueError(f"a row must be an object, got {row!r:.100}")
+    raise ValueError(f"a row must be an object, got {_shown(row)}")
   missing = [column for column in columns if column not in row]
   unknown = sorted(set(row) - set(columns))
   if missing or unknown:
@@ -187,7 +197,7 @@ def _checked_prediction(request_id, event_time, observation, action, propensity,
       not isinstance(action, bool) and isinstance(action, numbers.Integral))
   if not (integral and 0 <= action <= MAX_ACTION):
     raise _problem(request_id,
-                   f"action must be an integer in [0, {MAX_ACTION}], got {action!r:.100}")
+                   f"action must be an integer in [0, {MAX_ACTION}], got {_shown(action)}")
   propensity = _number(request_id, "propensity", propensity, 0.0, 1.0)
   if propensity == 0.0:
     raise _problem(request_id, "propensity must be positive: the action was taken")

@@ -1,9 +1,12 @@
 """Simulated traffic: users query an endpoint, and the reward of exactly that user for
 exactly the returned movie goes back as feedback. The Simulator function's core, also
 run by `rlops simulate` and the demo."""
+import contextlib
+import fcntl
+import glob
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import absl.logging
 import httpx
@@ -21,7 +24,7 @@ class FeedbackSender:
 
   A batch that fails for longer than `retry_seconds` stays pending and goes out
   with the next one; a batch the sink rejects for good (ValueError) is sent
-  again row by row and only the rejected rows are dropped, and counted.
+  again row by row, and the rows rejected alone are kept in `refused`.
   """
 
   def __init__(self, sink: log_sinks.LogSink, batch_rows: int, retry_seconds: float = 30.0):
@@ -29,8 +32,8 @@ class FeedbackSender:
     self._batch_rows = batch_rows
     self._retry_seconds = retry_seconds
     self.pending: List[Dict[str, Any]] = []
+    self.refused: List[Dict[str, Any]] = []
     self.delivered = 0
-    self.rejected = 0
     self.failures = 0
 
   def add(self, rows: List[Dict[str, Any]]) -> None:
@@ -76,30 +79,54 @@ class FeedbackSender:
         raise
 
   def _reject(self, row: Dict[str, Any], error: Exception) -> None:
-    self.rejected += 1
+    self.refused.append(row)
     absl.logging.error("feedback row rejected: %s", error)
 
 
-def _read_rows(path: Optional[str]) -> List[Dict[str, Any]]:
-  """The feedback rows kept in `path` by an earlier run (none if there is no file)."""
-  if not path or not os.path.exists(path):
-    return []
-  with open(path, "rb") as f:
-    return [orjson.loads(line) for line in f if line.strip()]
-
-
-def _write_rows(path: str, rows: List[Dict[str, Any]]) -> None:
-  """Replaces `path` by `rows` (removes it if there are none), whole or not at all."""
-  if not rows:
+def _claim_rows(path: str) -> Tuple[List[Dict[str, Any]], List[str]]:
+  """(the rewards kept in `path`, and in the files of runs that were killed, the files
+  they are in now): renamed to this process's name, so a concurrent run keeps its own."""
+  with _locked(path):
+    claimed = [name for name in glob.glob(glob.escape(path) + ".claimed-*")
+               if not _alive(int(name.rsplit("-", 1)[1]))]
     if os.path.exists(path):
-      os.remove(path)
-    return
+      claimed.append(f"{path}.claimed-{os.getpid()}")
+      os.replace(path, claimed[-1])
+  rows = []
+  for name in claimed:
+    with open(name, "rb") as f:
+      rows.extend(orjson.loads(line) for line in f if line.strip())
+  return rows, claimed
+
+
+def _keep_rows(path: str, rows: List[Dict[str, Any]], claimed: List[str]) -> None:
+  """Appends `rows` to `path`, durably, then removes the files claimed from it."""
+  with _locked(path):
+    if rows:
+      with open(path, "ab") as f:
+        f.writelines(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in claimed:
+      os.remove(name)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "wb") as f:
-    f.writelines(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + ".tmp", path)
+  with open(path + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
@@ -115,9 +142,10 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
 
   `user_rows` ([requests, instances_per_request]) fixes the users to send; None:
   drawn uniformly at random with `seed`. Feedback delivery is retried with backoff
-  for up to `feedback_retry_seconds` per batch; rows still undelivered at the end
-  are counted in the result and kept in `undelivered_path` (JSON lines), if given,
-  whose rows go out first at the next run, or else logged as errors with their rows.
+  for up to `feedback_retry_seconds` per batch; rows still undelivered at the end, or
+  refused, or pending when the run is interrupted, are counted in the result and kept in
+  `undelivered_path` (JSON lines), if given, whose rows go out first at the next run, or
+  else logged as errors with their rows.
 
   Returns the totals (feedback delivered, rejected and undelivered among them) and,
   per model version, the count, mean reward and mean regret (against the
@@ -125,10 +153,33 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   """
   if requests < 1 or instances_per_request < 1:
     raise ValueError("requests and instances_per_request must be positive")
+  feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
+  kept, claimed = _claim_rows(undelivered_path) if undelivered_path else ([], [])
+  try:
+    feedback.add(kept)
+    summary = _simulate(endpoint_url, model, requests, feedback, instances_per_request, rate,
+                        seed, timeout_seconds, progress, headers, user_rows)
+  finally:
+    left = feedback.pending + feedback.refused
+    if undelivered_path:
+      _keep_rows(undelivered_path, left, claimed)
+    elif left:
+      absl.logging.error("feedback not delivered, kept nowhere else: %s",
+                         orjson.dumps(left).decode())
+  return {**summary, "feedback_delivered": feedback.delivered,
+          "feedback_rejected": len(feedback.refused), "feedback_undelivered": len(left),
+          "feedback_undelivered_file": undelivered_path if left else None,
+          "feedback_delivery_failures": feedback.failures}
+
+
+def _simulate(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
+              feedback: FeedbackSender, instances_per_request: int, rate: Optional[float],
+              seed: int, timeout_seconds: float, progress: bool,
+              headers: Optional[Dict[str, str]],
+              user_rows: Optional[np.ndarray]) -> Dict[str, Any]:
+  """`run_simulation`'s requests, their rewards handed to `feedback`; the served totals."""
   rng = np.random.default_rng(seed)
   per_version: Dict[str, Dict[str, float]] = {}
-  feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
-  feedback.add(_read_rows(undelivered_path))
   errors, sent, last_error = 0, 0, None
   start = time.monotonic()
   with httpx.Client(timeout=30.0, headers=headers) as client:
@@ -165,18 +216,9 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
         stats["regret"] += float(model.optimal_rewards[user]) - reward
       feedback.add(rewarded)
   feedback.send()
-  if undelivered_path:
-    _write_rows(undelivered_path, feedback.pending)
-  elif feedback.pending:
-    absl.logging.error("feedback not delivered, kept nowhere else: %s",
-                       orjson.dumps(feedback.pending).decode())
   served = sum(stats["count"] for stats in per_version.values())
   return {
       "requests": sent, "errors": errors, "last_error": last_error, "predictions": served,
-      "feedback_delivered": feedback.delivered, "feedback_rejected": feedback.rejected,
-      "feedback_undelivered": len(feedback.pending),
-      "feedback_undelivered_file": undelivered_path if feedback.pending else None,
-      "feedback_delivery_failures": feedback.failures,
       "mean_reward": sum(s["reward"] for s in per_version.values()) / max(served, 1),
       "mean_regret": sum(s["regret"] for s in per_version.values()) / max(served, 1),
       "versions": {version: {"count": s["count"], "mean_reward": s["reward"] / s["count"],

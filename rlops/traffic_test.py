@@ -39,10 +39,10 @@ def test_feedback_is_retried_with_backoff_and_kept_until_delivered(tmp_path):
   assert sender.delivered == 20 and _stored(path) == 20
 
 
-def test_a_rejected_feedback_row_is_dropped_alone(tmp_path):
+def test_a_rejected_feedback_row_is_kept_apart_alone(tmp_path):
   path = str(tmp_path / "warehouse.sqlite")
   sender = traffic.FeedbackSender(log_sinks.InProcessSink(path), batch_rows=100)
   poison = {"request_id": "nan", "event_time": 1.0, "reward": float("nan")}
   sender.add([*_feedback("a", 5), poison, *_feedback("b", 5)])
   assert sender.send()
-  assert sender.delivered == 10 and sender.rejected == 1 and _stored(path) == 10
+  assert sender.delivered == 10 and sender.refused == [poison] and _stored(path) == 10

@@ -43,8 +43,11 @@ def log_records(cloud_event) -> None:
   message = log_sinks.decode_pubsub_event(cloud_event.data)
   _, rejected = log_sinks.write_rows(message, uri, log_sinks.limits_from_env())
   if rejected:
-    print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))
     reasons = [entry["reason"] for entry in rejected]
+    try:
+      print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))
+    except RecursionError:  # A row nested too deep to write again: its reason says so.
+      print(json.dumps({"severity": "WARNING", "rejected_reasons": reasons}))
     flask.abort(flask.Response(
         json.dumps({"error": f"{len(rejected)} row(s) refused", "reasons": reasons}),
         status=422, mimetype="application/json"))

@@ -146,6 +146,18 @@ def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refuse
   assert list(records["request_id"]) == ["req-2"]
 
 
+def test_a_row_nested_too_deep_to_show_is_refused_alone(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv(logger.WAREHOUSE_ENV, str(tmp_path / "warehouse.sqlite"))
+  message = _message(2)
+  deep = json.dumps(message).replace("[0.5, -1.0]", "[" * 1000 + "0.5" + "]" * 1000, 1)
+  with pytest.raises(exceptions.HTTPException) as refused:
+    logger.log_records(pubsub_delivery(TOPIC, deep.encode(), {}, message_id="1"))
+  assert refused.value.response.status_code == 422  # Refused, not a failure to retry.
+  assert "nested too deep" in json.loads(capsys.readouterr().out)["rejected_reasons"][0]
+  records = warehouse_lib.Warehouse(str(tmp_path / "warehouse.sqlite")).rewarded_records()
+  assert list(records["request_id"]) == ["req-1"]
+
+
 def test_unknown_fields_are_rejected(tmp_path):
   with pytest.raises(ValueError, match="unknown message fields"):
     log_sinks.write_rows({"predicitons": []}, str(tmp_path / "w.sqlite"))

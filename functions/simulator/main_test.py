@@ -1,4 +1,5 @@
 """The Simulator as deployed: functions-framework, a scheduler tick, a real endpoint."""
+import json
 import os
 import types
 
@@ -73,6 +74,44 @@ def test_rewards_that_could_not_be_delivered_are_kept_and_sent_first_by_the_next
   assert sent["feedback_delivered"] == 10 and sent["feedback_undelivered_file"] is None
   assert not os.path.exists(kept)
   assert len(warehouse_lib.Warehouse(path).rewarded_records()["request_id"]) == 10
+
+
+class _Refusing:
+  """A Logger URL that answers 404: every message refused for good."""
+
+  def deliver(self, message):
+    raise log_sinks.RejectedMessage("the Logger answered 404")
+
+
+class _Interrupting(_Refusing):
+  """Interrupted (Ctrl-C) at its first delivery."""
+
+  def deliver(self, message):
+    raise KeyboardInterrupt
+
+
+def test_rewards_refused_or_pending_at_an_interrupt_are_kept(tmp_path):
+  model = simulation.MovieLensModel.from_config(CONFIG)
+  _push_model(str(tmp_path / "serving"), model)
+  kept = str(tmp_path / "feedback-undelivered.jsonl")
+  app = serving_app.create_app(str(tmp_path / "serving"),
+                               log_sinks.InProcessSink(str(tmp_path / "warehouse.sqlite")),
+                               outbox_path=str(tmp_path / "outbox.jsonl"))
+  with server.ServerThread(app) as endpoint:
+    assert app.state.models.wait(30.0)
+    url = f"{endpoint.url}/predict"
+    refused = traffic.run_simulation(url, model, 3, _Refusing(), undelivered_path=kept)
+    assert refused["feedback_rejected"] == refused["feedback_undelivered"] == 3
+    try:  # The 3 kept rows and the first request's make a batch, interrupted as it goes out.
+      traffic.run_simulation(url, model, 2, _Interrupting(), feedback_batch=4,
+                             undelivered_path=kept)
+      raise AssertionError("not interrupted")
+    except KeyboardInterrupt:
+      pass
+  with open(kept, "rb") as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 4 and len({row["request_id"] for row in rows}) == 4
+  assert [name for name in os.listdir(tmp_path) if "claimed" in name] == []
 
 
 def test_vertex_endpoint_is_found_by_its_one_name():

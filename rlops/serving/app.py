@@ -29,6 +29,7 @@ import prometheus_client
 from prometheus_client import metrics_core as prometheus_metrics
 from fastapi import openapi as fastapi_openapi
 from fastapi import responses
+from starlette import exceptions as starlette_exceptions
 
 from rlops import log_sinks, records
 from rlops.serving import outbox, parsing, recent, watcher
@@ -398,6 +399,13 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
     return schema
 
   app.openapi = openapi
+
+  @app.exception_handler(starlette_exceptions.HTTPException)
+  async def refused(_, error: starlette_exceptions.HTTPException) -> responses.JSONResponse:
+    """FastAPI's own refusals (an unknown route, a method a route does not take) as every
+    answer of the endpoint gives them: JSON with the reason."""
+    return responses.JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                                  headers=getattr(error, "headers", None))
 
   def _serving(body: Dict[str, Any]) -> responses.JSONResponse:
     return responses.JSONResponse(body, status_code=200 if models.current else 503)

@@ -123,6 +123,11 @@ def test_bad_requests_get_4xx_with_a_reason(tmp_path, serving, make_app):
       assert response.status_code == status, (content[:100], response.text)
       assert reason in response.json()["error"], (content[:100], response.json())
     assert client.get("/predict").status_code == 405
+    # The other routes' refusals are JSON with a reason too.
+    assert (client.get("/nope").status_code, client.get("/nope").json()) == (
+        404, {"error": "Not Found"})
+    assert (client.post("/stats").status_code, client.post("/stats").json()) == (
+        405, {"error": "Method Not Allowed"})
     response = client.post("/predict", json={"instances": [ok, {**ok, "request_id": "x" * 128}]})
     assert response.status_code == 200 and len(response.json()["predictions"]) == 2
     assert app.state.logger.flush(timeout=30.0)

@@ -41,13 +41,23 @@ def dead_letter_path(outbox_path: str) -> str:
   return outbox_path + ".dead.jsonl"
 
 
+def _malformed(line: bytes, reason: str) -> Dict[str, Any]:
+  """The dead-letter entry of an outbox line kept as it is, for a person to read."""
+  return {"line": line.decode(errors="replace") + "\n", "reason": reason}
+
+
 def _dead_letter(line: bytes, reason: str) -> Dict[str, Any]:
   """The dead-letter entry of an outbox line the sink rejected for `reason`: its row, or the
-  line itself with why it is not JSON."""
+  line itself if it is not JSON or too deeply nested to be written again."""
   try:
-    return {"row": log_sinks.decode_json(line), "reason": reason}
+    row = log_sinks.decode_json(line)
   except ValueError as error:
-    return {"line": line.decode(errors="replace") + "\n", "reason": f"not JSON: {error}"}
+    return _malformed(line, f"not JSON: {error}")
+  try:
+    json.dumps(row)
+  except RecursionError:
+    return _malformed(line, f"{reason} (nested too deep to keep as a row)")
+  return {"row": row, "reason": reason}
 
 
 def _delivered_offset(saved: bytes, end: int) -> int:
@@ -219,11 +229,11 @@ class OutboxLogger:
     found on disk, parsed one by one (joined, malformed lines can still parse as an array)."""
     valid, malformed = [], []
     for line in lines:
-      entry = _dead_letter(line, "")
-      if "line" in entry:
-        malformed.append(entry)
-      else:
+      try:
+        log_sinks.decode_json(line)
         valid.append(line)
+      except ValueError as error:
+        malformed.append(_malformed(line, f"not JSON: {error}"))
     return valid, malformed
 
   def _deliver(self, lines: List[bytes]) -> None:
@@ -353,7 +363,7 @@ def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
             sink.deliver({"predictions": [entry["row"]]})
             counts["delivered"] += 1
           except ValueError as error:
-            kept.append(json.dumps({**entry, "reason": str(error)}).encode())
+            kept.append(_with_reason(line, entry, str(error)))
             counts["rejected"] += 1
         done += 1
     finally:
@@ -364,6 +374,15 @@ def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
       for name in files:
         os.remove(name)
   return counts
+
+
+def _with_reason(line: bytes, entry: Dict[str, Any], reason: str) -> bytes:
+  """The dead-letter `line` of `entry`, with its new reason (unchanged if nested too deep to
+  be written again)."""
+  try:
+    return json.dumps({**entry, "reason": reason}).encode()
+  except RecursionError:
+    return line
 
 
 def _replayable(line: bytes) -> Optional[Dict[str, Any]]:

@@ -226,3 +226,36 @@ def test_a_replay_loses_no_line_whatever_the_file_holds_or_however_it_stops(tmp_
   kept = (tmp_path / "outbox.jsonl.dead.jsonl").read_text().splitlines()
   assert sorted(kept[:3]) == sorted(unreplayable)  # As they were, for a person to read.
   assert json.loads(kept[3])["row"] == still_bad and "propensity" in json.loads(kept[3])["reason"]
+
+
+def test_a_row_nested_too_deep_to_show_is_set_aside_and_replays_nothing_else_stuck(tmp_path):
+  warehouse = str(tmp_path / "warehouse.sqlite")
+  sink = log_sinks.InProcessSink(warehouse)
+  # orjson reads it (under 1024 levels); repr and the standard library's json go no deeper
+  # than Python's recursion limit.
+  deep = json.dumps({**_rows("deep", 1)[0], "observation": [1.0]}).replace(
+      "[1.0]", "[" * 1000 + "1.0" + "]" * 1000)
+  lines = [json.dumps(_rows("a", 1)[0]), deep, json.dumps(_rows("b", 1)[0])]
+  (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
+  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_seconds=0.01)
+  logger.start()
+  try:
+    assert logger.flush(timeout=10.0)
+    assert logger.failures == 0 and logger.dead_letters == 1
+  finally:
+    logger.close()
+  assert _stored(warehouse) == ["a0", "b0"]
+  with open(logger.dead_letter_path) as f:
+    [entry] = [json.loads(line) for line in f]
+  assert entry["line"] == deep + "\n" and "nested too deep" in entry["reason"]
+
+  # The same row as a dead letter, between two rows: kept as it was, and the others delivered.
+  dead = tmp_path / "replayed.dead.jsonl"
+  dead_lines = [json.dumps({"row": _rows("c", 1)[0], "reason": "x"}),
+                '{"row": ' + deep + ', "reason": "x"}',
+                json.dumps({"row": _rows("d", 1)[0], "reason": "x"})]
+  dead.write_text("".join(line + "\n" for line in dead_lines))
+  assert outbox.replay_dead_letters(str(dead), sink) == {
+      "delivered": 2, "rejected": 1, "unreplayable": 0}
+  assert _stored(warehouse) == ["a0", "b0", "c0", "d0"]
+  assert dead.read_text() == dead_lines[1] + "\n"
