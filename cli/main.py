@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sys
 from typing import List, Optional
 
@@ -312,18 +313,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   from rlops.serving import outbox  # pylint: disable=import-outside-toplevel
-  # The dead-letter files, and those a killed replay left renamed (`replay_dead_letters`
-  # takes them up).
+  from rlops import claims  # pylint: disable=import-outside-toplevel
+  # The dead-letter files, and those of a replay that was killed (claimed, not put back).
   found = pathlib.Path(config.workdir).glob("outbox*" + outbox.dead_letter_path(".jsonl") + "*")
-  files = args.path or sorted({str(path).split(outbox.REPLAYING_SUFFIX)[0] for path in found
+  files = args.path or sorted({str(path).split(claims.SUFFIX)[0] for path in found
                                if path.suffix != ".lock"})
   sink = _sink(args, config)
   counts = {}
   for path in files:
     try:
       counts[path] = outbox.replay_dead_letters(path, sink)
-    except BlockingIOError:
-      raise WorkdirError(f"another replay of {path} is running") from None
     except Exception as error:  # pylint: disable=broad-except
       # A retryable failure (`replay_dead_letters` put every line back).
       raise ConfigError(f"cannot deliver the rows of {path} now ({type(error).__name__}: "
@@ -334,11 +333,17 @@ def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
   return 0 if left == 0 else 1  # 1 while a dead-letter file still holds something.
 
 
+def _exit_on_sigterm(signum, frame) -> None:  # pylint: disable=unused-argument
+  raise SystemExit(128 + signum)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   if args.requests < 1 or (args.rate is not None and args.rate <= 0):
     raise ConfigError("--requests and --rate must be positive")
   from rlops import simulation, traffic  # pylint: disable=import-outside-toplevel
+  # Stopped (timeout, a container's stop): the rewards not yet sent are kept, as on Ctrl-C.
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
   summary = traffic.run_simulation(
       args.url, simulation.MovieLensModel.from_config(config), args.requests,
       _sink(args, config), rate=args.rate, seed=config.environment.seed, progress=True,

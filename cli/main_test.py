@@ -251,7 +251,7 @@ def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, c
                   + json.dumps({"row": {**row, "request_id": "r3", "observation": [0.5]},
                                 "reason": "warehouse was read-only"}) + "\n")
   # Left renamed by a replay that was killed: taken up, though its dead-letter file is gone.
-  (tmp_path / "outbox-1.jsonl.dead.jsonl.replaying-12").write_text(
+  (tmp_path / "outbox-1.jsonl.dead.jsonl.claimed-12").write_text(
       json.dumps({"row": {**row, "request_id": "r4"}, "reason": "was refused"}) + "\n")
   assert cli.main(["replay-dead-letters", "--workdir", str(tmp_path)]) == 1
   assert json.loads(capsys.readouterr().out) == {
@@ -261,4 +261,4 @@ def test_replay_dead_letters_delivers_rows_the_warehouse_now_accepts(tmp_path, c
   assert [json.loads(line)["row"]["request_id"] for line in dead.read_text().splitlines()] == [
       "r2", "r3"]
   assert "observation has 1 values" in dead.read_text().splitlines()[1]
-  assert not list(tmp_path.glob("*.replaying*"))
+  assert not list(tmp_path.glob("*.claimed-*"))

@@ -50,6 +50,10 @@ class EnvironmentConfig:
       raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
 
 
+# Widest layer of the neural agent's reward network.
+MAX_HIDDEN_UNITS = 100_000
+
+
 def _finite(value: Any) -> bool:
   """Whether `value` is a finite int or float (not a bool, not NaN)."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -121,8 +125,10 @@ class AgentConfig:
       raise ConfigError(f"tikhonov_weight must be positive, got {self.tikhonov_weight}")
     if not (_finite(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
       raise ConfigError(f"epsilon must be in [0, 1], got {self.epsilon}")
-    if not self.hidden_units or min(self.hidden_units) < 1:
-      raise ConfigError(f"hidden_units must be positive sizes, got {self.hidden_units}")
+    if not (isinstance(self.hidden_units, (tuple, list)) and self.hidden_units and all(
+        type(units) is int and 1 <= units <= MAX_HIDDEN_UNITS for units in self.hidden_units)):
+      raise ConfigError(f"hidden_units must be layer sizes from 1 to {MAX_HIDDEN_UNITS}, got "
+                        f"{self.hidden_units!r:.100}")
     if not (_finite(self.learning_rate) and self.learning_rate > 0):
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
     if self.exploration not in EXPLORATION_RULES:

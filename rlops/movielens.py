@@ -6,6 +6,7 @@ integers `user id, item id, rating, timestamp`, ids starting at 1.
 import dataclasses
 import functools
 import io
+import lzma
 import os
 import pathlib
 import shutil
@@ -101,8 +102,9 @@ def _read_udata_bytes(path: PathLike) -> Tuple[bytes, str]:
         source = f"{path}!{members[0].filename}"
         _bounded(members[0].file_size, source)
         return archive.read(members[0]), source
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-      raise DataError(f"{path}: a damaged zip ({error})") from None
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
+            NotImplementedError) as error:  # Damaged, encrypted, or of a method zipfile lacks.
+      raise DataError(f"{path}: a zip this cannot read ({error})") from None
   _bounded(path.stat().st_size, str(path))
   return path.read_bytes(), str(path)
 
@@ -116,7 +118,8 @@ def parse_udata(raw: bytes, source: str = "<bytes>",
   if len(buf) and buf[-1] != ord("\n"):
     newlines = np.append(newlines, len(buf))
   starts = np.concatenate([[0], newlines[:-1] + 1]).astype(np.int64)
-  is_space = np.isin(buf, np.frombuffer(b" \t\r\n", np.uint8))
+  # What bytes.split() splits on: every ASCII white space.
+  is_space = np.isin(buf, np.frombuffer(b" \t\r\n\x0b\x0c", np.uint8))
   # A line is blank when all its bytes are white space.
   non_space_per_line = np.add.reduceat(~is_space, starts) if len(buf) else np.zeros(0, int)
   kept = np.flatnonzero(non_space_per_line > 0)
@@ -134,7 +137,8 @@ def parse_udata(raw: bytes, source: str = "<bytes>",
   token_starts = np.flatnonzero(~is_space & np.concatenate([[True], is_space[:-1]]))
   tokens_per_line = np.bincount(line_of(token_starts), minlength=len(newlines))
   empty = (tabs == 0) | is_space[tabs - 1] | is_space[np.minimum(tabs + 1, len(buf) - 1)]
-  bad = np.union1d(kept[tokens_per_line[kept] != 4], line_of(tabs[empty]))
+  bad = np.union1d(kept[tokens_per_line[kept] != 4],
+                   np.intersect1d(line_of(tabs[empty]), kept))
   if len(bad):
     line = int(bad[0])
     raise DataError(f"{source}:{line + 1}: expected 4 integers ({_COLUMNS}), one between "
@@ -163,7 +167,7 @@ def parse_udata(raw: bytes, source: str = "<bytes>",
                       f"(line: {' '.join(map(str, values[row]))})")
   max_user, max_item = int(values[:, 0].max()), int(values[:, 1].max())
   if max_user * max_item > MAX_MATRIX_CELLS:
-    row = int(np.argmax(values[:, 0] * values[:, 1]))
+    row = int(np.argmax(values[:, 0].astype(np.float64) * values[:, 1]))  # No overflow.
     raise DataError(f"{source}:{kept[row] + 1}: ids up to user {max_user} and item {max_item} "
                     f"make a rating matrix of more than {MAX_MATRIX_CELLS} cells: number the "
                     "users and items from 1 without gaps")

@@ -45,6 +45,10 @@ def test_accepts_crlf_and_blank_lines():
   _check_real_lines(movielens.parse_udata(raw))
 
 
+def test_a_blank_line_of_tabs_is_blank():
+  _check_real_lines(movielens.parse_udata(REAL_LINES + b"\t\n \t \n"))
+
+
 def test_missing_final_newline():
   _check_real_lines(movielens.parse_udata(REAL_LINES.rstrip(b"\n")))
 
@@ -68,6 +72,9 @@ def test_missing_final_newline():
     (b"1\t2\t3\t4\n4294967301\t1\t1\t4\n", "u.data:2: ids up to user 4294967301 and item 2"),
     (b"1\t1\t3\t4\n2\t2\t3\t4\n1\t1\t5\t9\n", "u.data:3: user 1 rated item 1 before, on "
                                                    "line 1"),
+    # A vertical tab splits a field as bytes.split() does; ids whose product overflows int64.
+    (b"1\t1\t1\t1\x0b1\n2\t2\t2\t2\x0b2\n", "u.data:1: expected 4 integers"),
+    (b"1\t2\t3\t4\n" + b"9" * 18 + b"\t" + b"9" * 18 + b"\t3\t0\n", "u.data:2: ids up to user"),
 ])
 def test_bad_files_name_file_and_line(tmp_path, raw, message):
   path = tmp_path / "u.data"
@@ -94,7 +101,7 @@ def test_a_damaged_zip_or_an_oversized_file_is_a_data_error(tmp_path, monkeypatc
   start = archive.index(b"ml-100k/u.data") + len("ml-100k/u.data")  # The compressed data.
   damaged[start + 10:start + 30] = b"\xff" * 20
   (tmp_path / "damaged.zip").write_bytes(bytes(damaged))
-  with pytest.raises(movielens.DataError, match="damaged.zip: a damaged zip"):
+  with pytest.raises(movielens.DataError, match="damaged.zip: a zip this cannot read"):
     movielens.load_ratings(tmp_path / "damaged.zip")
   monkeypatch.setattr(movielens, "MAX_UDATA_BYTES", len(REAL_LINES) - 1)
   (tmp_path / "u.data").write_bytes(REAL_LINES)

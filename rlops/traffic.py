@@ -1,10 +1,6 @@
 """Simulated traffic: users query an endpoint, and the reward of exactly that user for
 exactly the returned movie goes back as feedback. The Simulator function's core, also
 run by `rlops simulate` and the demo."""
-import contextlib
-import fcntl
-import glob
-import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,7 +10,7 @@ import numpy as np
 import orjson
 from tqdm.auto import tqdm
 
-from rlops import log_sinks, records, simulation
+from rlops import claims, log_sinks, records, simulation
 
 MAX_BACKOFF_SECONDS = 5.0
 
@@ -22,9 +18,10 @@ MAX_BACKOFF_SECONDS = 5.0
 class FeedbackSender:
   """Delivers feedback rows to a sink in batches; retries retryable failures with backoff.
 
-  A batch that fails for longer than `retry_seconds` stays pending and goes out
-  with the next one; a batch the sink rejects for good (ValueError) is sent
-  again row by row, and the rows rejected alone are kept in `refused`.
+  A batch that fails for longer than `retry_seconds` stays pending, and `add` sends no
+  more (each try would hold the run up as long again): the rows go out at the final
+  `send`. A batch the sink rejects for good (ValueError) is sent again row by row, and
+  the rows rejected alone are kept in `refused`.
   """
 
   def __init__(self, sink: log_sinks.LogSink, batch_rows: int, retry_seconds: float = 30.0):
@@ -35,11 +32,12 @@ class FeedbackSender:
     self.refused: List[Dict[str, Any]] = []
     self.delivered = 0
     self.failures = 0
+    self._failing = False  # A send failed for `retry_seconds`: `add` sends no more.
 
   def add(self, rows: List[Dict[str, Any]]) -> None:
     self.pending.extend(rows)
-    if len(self.pending) >= self._batch_rows:
-      self.send()
+    if len(self.pending) >= self._batch_rows and not self._failing:
+      self._failing = not self.send()
 
   def send(self) -> bool:
     """Delivers every pending row, retrying until `retry_seconds`; returns whether it did."""
@@ -83,52 +81,6 @@ class FeedbackSender:
     absl.logging.error("feedback row rejected: %s", error)
 
 
-def _claim_rows(path: str) -> Tuple[List[Dict[str, Any]], List[str]]:
-  """(the rewards kept in `path`, and in the files of runs that were killed, the files
-  they are in now): renamed to this process's name, so a concurrent run keeps its own."""
-  with _locked(path):
-    claimed = [name for name in glob.glob(glob.escape(path) + ".claimed-*")
-               if not _alive(int(name.rsplit("-", 1)[1]))]
-    if os.path.exists(path):
-      claimed.append(f"{path}.claimed-{os.getpid()}")
-      os.replace(path, claimed[-1])
-  rows = []
-  for name in claimed:
-    with open(name, "rb") as f:
-      rows.extend(orjson.loads(line) for line in f if line.strip())
-  return rows, claimed
-
-
-def _keep_rows(path: str, rows: List[Dict[str, Any]], claimed: List[str]) -> None:
-  """Appends `rows` to `path`, durably, then removes the files claimed from it."""
-  with _locked(path):
-    if rows:
-      with open(path, "ab") as f:
-        f.writelines(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    for name in claimed:
-      os.remove(name)
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".lock", "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    yield
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests: int,
                    sink: log_sinks.LogSink, *, instances_per_request: int = 1,
                    rate: Optional[float] = None, seed: int = 0, timeout_seconds: float = 600.0,
@@ -154,22 +106,35 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   if requests < 1 or instances_per_request < 1:
     raise ValueError("requests and instances_per_request must be positive")
   feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
-  kept, claimed = _claim_rows(undelivered_path) if undelivered_path else ([], [])
+  claim = claims.Claim(undelivered_path) if undelivered_path else None
+  kept, unreadable = _rows_of(claim.lines if claim else [])
   try:
     feedback.add(kept)
     summary = _simulate(endpoint_url, model, requests, feedback, instances_per_request, rate,
                         seed, timeout_seconds, progress, headers, user_rows)
   finally:
     left = feedback.pending + feedback.refused
-    if undelivered_path:
-      _keep_rows(undelivered_path, left, claimed)
-    elif left:
+    lines = unreadable + [orjson.dumps(row) for row in left]
+    if claim:
+      claim.release(lines)
+    elif lines:
       absl.logging.error("feedback not delivered, kept nowhere else: %s",
-                         orjson.dumps(left).decode())
+                         b", ".join(lines).decode(errors="replace"))
   return {**summary, "feedback_delivered": feedback.delivered,
-          "feedback_rejected": len(feedback.refused), "feedback_undelivered": len(left),
-          "feedback_undelivered_file": undelivered_path if left else None,
+          "feedback_rejected": len(feedback.refused), "feedback_undelivered": len(lines),
+          "feedback_undelivered_file": undelivered_path if lines else None,
           "feedback_delivery_failures": feedback.failures}
+
+
+def _rows_of(lines: List[bytes]) -> Tuple[List[Dict[str, Any]], List[bytes]]:
+  """(the feedback rows on `lines`, the lines that are not JSON, kept as they are)."""
+  rows, unreadable = [], []
+  for line in lines:
+    try:
+      rows.append(log_sinks.decode_json(line))
+    except ValueError:
+      unreadable.append(line)
+  return rows, unreadable
 
 
 def _simulate(endpoint_url: str, model: simulation.MovieLensModel, requests: int,

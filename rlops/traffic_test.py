@@ -33,8 +33,10 @@ def test_feedback_is_retried_with_backoff_and_kept_until_delivered(tmp_path):
   sink = _LockedThenFree(path, locked=3)
   sender = traffic.FeedbackSender(sink, batch_rows=10, retry_seconds=0.25)
   sender.add(_feedback("a", 10))  # Two failed retries within 0.25 s: kept pending.
-  assert sender.pending and sender.failures >= 2 and _stored(path) == 0
-  sender.add(_feedback("b", 10))
+  failures = sender.failures
+  assert sender.pending and failures >= 2 and _stored(path) == 0
+  sender.add(_feedback("b", 10))  # Not tried: each try would hold the run up 0.25 s again.
+  assert sender.failures == failures and len(sender.pending) == 20
   assert sender.send() and not sender.pending
   assert sender.delivered == 20 and _stored(path) == 20
 

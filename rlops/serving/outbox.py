@@ -12,8 +12,6 @@ at a time, and each row rejected on its own is set aside in the dead-letter
 file, so one poison row never stops the others. `replay_dead_letters` sends the
 set-aside rows again once fixed.
 """
-import fcntl
-import glob
 import json
 import math
 import os
@@ -24,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import absl.logging
 import orjson
 
-from rlops import log_sinks
+from rlops import claims, log_sinks
 
 DEFAULT_COMPACT_BYTES = 64 << 20
 # Bytes per row the delivery thread first reads for a batch; more if a line is longer.
@@ -32,8 +30,6 @@ READ_BYTES_PER_ROW = 1024
 MAX_BACKOFF_SECONDS = 5.0
 # Digits of the delivered offset in `<outbox>.offset`, space-padded: rewritten in place.
 OFFSET_WIDTH = 20
-# A dead-letter file being replayed is renamed `<file><REPLAYING_SUFFIX>-<pid>`.
-REPLAYING_SUFFIX = ".replaying"
 
 
 def dead_letter_path(outbox_path: str) -> str:
@@ -201,8 +197,8 @@ class OutboxLogger:
 
   def _set_aside(self, entry: Dict[str, Any]) -> None:
     """Appends a rejected row (or malformed line) and its reason to the dead-letter file."""
-    with open(self.dead_letter_path, "a") as f:
-      f.write(json.dumps({**entry, "set_aside_time": time.time()}) + "\n")
+    claims.append(self.dead_letter_path,
+                  [json.dumps({**entry, "set_aside_time": time.time()}).encode()])
     self.dead_letters += 1
     absl.logging.error("prediction log row set aside in %s: %s", self.dead_letter_path,
                        entry["reason"])
@@ -324,55 +320,37 @@ class OutboxLogger:
 def replay_dead_letters(path: str, sink: log_sinks.LogSink) -> Dict[str, int]:
   """Delivers the rows set aside in the dead-letter file at `path` again, one at a time.
 
-  The file is first renamed (to `<path>.replaying-<pid>`), so a running server may keep
-  setting rows aside. Rows rejected again, with their new reason, and the lines that hold
-  no row (malformed outbox lines, or lines damaged in the dead-letter file itself, kept as
-  they are) are appended back to `path`. A retryable failure stops the replay and puts
-  every line not yet delivered back. The files of a replay that was killed are replayed
-  too: no line is lost, though one may be delivered twice (the warehouse keeps one).
+  The file is claimed (`claims.Claim`), so a running server may keep setting rows aside
+  and a concurrent replay takes none of its lines. Rows rejected again, with their new
+  reason, and the lines that hold no row (malformed outbox lines, or lines damaged in the
+  dead-letter file itself, kept as they are) are appended back to `path`. A retryable
+  failure stops the replay and puts every line not yet delivered back. The claim of a
+  replay that was killed is taken up by the next: no line is lost, though one may be
+  delivered twice (the warehouse keeps one).
 
   Returns:
     {"delivered": rows now delivered, "rejected": rows set aside again,
      "unreplayable": lines put back that hold no row}.
-
-  Raises:
-    BlockingIOError: Another replay of `path` is running.
   """
-  if not os.path.exists(path) and not glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"):
-    return {"delivered": 0, "rejected": 0, "unreplayable": 0}
-  with open(path + ".lock", "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    files = sorted(glob.glob(glob.escape(path) + REPLAYING_SUFFIX + "*"))
-    if os.path.exists(path):
-      files.append(f"{path}{REPLAYING_SUFFIX}-{os.getpid()}")
-      os.replace(path, files[-1])
-    lines = []
-    for name in files:
-      with open(name, "rb") as f:
-        lines.extend(line for line in f.read().splitlines() if line.strip())
-    counts = {"delivered": 0, "rejected": 0, "unreplayable": 0}
-    kept, done = [], 0
-    try:
-      for line in lines:
-        entry = _replayable(line)
-        if entry is None:
-          kept.append(line)
-          counts["unreplayable"] += 1
-        else:
-          try:
-            sink.deliver({"predictions": [entry["row"]]})
-            counts["delivered"] += 1
-          except ValueError as error:
-            kept.append(_with_reason(line, entry, str(error)))
-            counts["rejected"] += 1
-        done += 1
-    finally:
-      with open(path, "ab") as f:
-        f.writelines(line + b"\n" for line in kept + lines[done:])
-        f.flush()
-        os.fsync(f.fileno())
-      for name in files:
-        os.remove(name)
+  claim = claims.Claim(path)
+  counts = {"delivered": 0, "rejected": 0, "unreplayable": 0}
+  kept, done = [], 0
+  try:
+    for line in claim.lines:
+      entry = _replayable(line)
+      if entry is None:
+        kept.append(line)
+        counts["unreplayable"] += 1
+      else:
+        try:
+          sink.deliver({"predictions": [entry["row"]]})
+          counts["delivered"] += 1
+        except ValueError as error:
+          kept.append(_with_reason(line, entry, str(error)))
+          counts["rejected"] += 1
+      done += 1
+  finally:
+    claim.release(kept + claim.lines[done:])
   return counts
 
 

@@ -203,8 +203,8 @@ def test_a_replay_loses_no_line_whatever_the_file_holds_or_however_it_stops(tmp_
   lines = [json.dumps({"row": good, "reason": "was refused"}), *unreplayable,
            json.dumps({"row": still_bad, "reason": "was refused"})]
   (tmp_path / "outbox.jsonl.dead.jsonl").write_text("".join(line + "\n" for line in lines))
-  # What a replay killed after renaming its file left behind.
-  (tmp_path / "outbox.jsonl.dead.jsonl.replaying-1").write_text(
+  # What a replay killed after claiming its file left behind.
+  (tmp_path / "outbox.jsonl.dead.jsonl.claimed-1").write_text(
       json.dumps({"row": stranded, "reason": "was refused"}) + "\n")
 
   # A retryable failure after one row: every line not delivered is back.

@@ -67,6 +67,10 @@ def _edited(trained_model: str, directory: str, **changes) -> str:
     ({"agent": {"exploration": "inverse_gap"}, "trained_records": float("nan")}, ValueError,
      "trained_records must be a finite non-negative number"),
     ({"agent": {"tikhonov_weight": "0.001"}}, ValueError, "tikhonov_weight must be positive"),
+    ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": ["a"]}}, ValueError,
+     "hidden_units must be layer sizes"),
+    ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": [10**30]}}, ValueError,
+     "hidden_units must be layer sizes"),
     # A floor above 1 / K: the logged propensities would not be the policy's.
     ({"agent": {"propensity_floor": 0.5}}, ValueError, "propensity_floor must be at most"),
 ])
