@@ -15,12 +15,13 @@ fails on a target); writes a JSON and a PNG.
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import warnings
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from rlops import noise  # pylint: disable=g-import-not-at-top
+
+noise.quiet_libraries()  # Before TensorFlow, TF-Agents and Gym are imported, as the CLI.
 warnings.filterwarnings("ignore", category=SyntaxWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 

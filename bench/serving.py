@@ -58,7 +58,9 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from rlops import noise  # pylint: disable=g-import-not-at-top
+
+noise.quiet_libraries()  # Before TensorFlow, TF-Agents and Gym are imported, as the CLI.
 # As the rlops CLI: autograph's code from TF-Agents' policies compares with
 # literals, and Google client libraries warn about the Python version.
 warnings.filterwarnings("ignore", category=SyntaxWarning)
