@@ -158,6 +158,20 @@ def test_poison_rows_are_set_aside_and_logging_continues(tmp_path):
     assert [json.loads(line)["line"] for line in f] == ['{"request_id": \n']
 
 
+def _delivered(tmp_path, lines, sink) -> outbox.OutboxLogger:
+  """The logger, closed, of an outbox of `lines` found on disk, once it delivered them all
+  without a failure to retry."""
+  (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
+  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_seconds=0.01)
+  logger.start()
+  try:
+    assert logger.flush(timeout=10.0)
+    assert logger.failures == 0
+  finally:
+    logger.close()
+  return logger
+
+
 def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_it(tmp_path):
   warehouse = str(tmp_path / "warehouse.sqlite")
   rows = _rows("a", 6)
@@ -166,15 +180,8 @@ def test_a_line_that_is_not_one_json_value_is_set_aside_whatever_lines_surround_
   # And one nested deeper than any JSON parser here reads.
   malformed = ["1,2", "[3", "4]", two_rows_on_a_line, "[" * 5000 + "]" * 5000]
   lines = [json.dumps(rows[0]), *malformed, *map(json.dumps, rows[3:])]
-  (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
-  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"),
-                               log_sinks.InProcessSink(warehouse), batch_seconds=0.01)
-  logger.start()
-  try:
-    assert logger.flush(timeout=10.0)
-    assert logger.failures == 0 and logger.dead_letters == 5
-  finally:
-    logger.close()
+  logger = _delivered(tmp_path, lines, log_sinks.InProcessSink(warehouse))
+  assert logger.dead_letters == 5
   assert _stored(warehouse) == ["a0", "a3", "a4", "a5"]
   with open(logger.dead_letter_path) as f:
     dead = [json.loads(line) for line in f]
@@ -236,14 +243,8 @@ def test_a_row_nested_too_deep_to_show_is_set_aside_and_replays_nothing_else_stu
   deep = json.dumps({**_rows("deep", 1)[0], "observation": [1.0]}).replace(
       "[1.0]", "[" * 1000 + "1.0" + "]" * 1000)
   lines = [json.dumps(_rows("a", 1)[0]), deep, json.dumps(_rows("b", 1)[0])]
-  (tmp_path / "outbox.jsonl").write_text("".join(line + "\n" for line in lines))
-  logger = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), sink, batch_seconds=0.01)
-  logger.start()
-  try:
-    assert logger.flush(timeout=10.0)
-    assert logger.failures == 0 and logger.dead_letters == 1
-  finally:
-    logger.close()
+  logger = _delivered(tmp_path, lines, sink)
+  assert logger.dead_letters == 1
   assert _stored(warehouse) == ["a0", "b0"]
   with open(logger.dead_letter_path) as f:
     [entry] = [json.loads(line) for line in f]
