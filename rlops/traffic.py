@@ -1,13 +1,13 @@
 """Simulated traffic: users query an endpoint, and the reward of exactly that user for
 exactly the returned movie goes back as feedback. The Simulator function's core, also
 run by `rlops simulate` and the demo."""
+import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import absl.logging
 import httpx
 import numpy as np
-import orjson
 from tqdm.auto import tqdm
 
 from rlops import claims, log_sinks, records, simulation
@@ -114,7 +114,8 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
                         seed, timeout_seconds, progress, headers, user_rows)
   finally:
     left = feedback.pending + feedback.refused
-    lines = unreadable + [orjson.dumps(row) for row in left]
+    # The standard library's JSON: whatever a kept line held (NaN, a lone surrogate) goes back.
+    lines = unreadable + [json.dumps(row).encode() for row in left]
     if claim:
       claim.release(lines)
     elif lines:
