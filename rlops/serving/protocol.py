@@ -6,10 +6,12 @@ coroutines and the app's middleware, more work than the prediction itself.
 inside the parser's callback, with the app's `PredictHandler`: the answers are
 those of the ASGI route. The requests predicted in one event-loop iteration, on
 all connections, are logged together (`GroupCommit`): one outbox write, then
-their answers. Everything else takes uvicorn's ASGI path unchanged: other routes
-and methods, a request pipelined behind one still in flight there, HTTP/1.0,
-`Connection: close`, `Expect: 100-continue`, upgrades and a client not reading
-its answers (where the `PredictRoute` middleware answers the predict route).
+their answers. A request refused by its headers is answered at once, as on the
+ASGI path, and its body read and dropped. Everything else takes uvicorn's ASGI
+path unchanged: other routes and methods, a request pipelined behind one still
+in flight there, HTTP/1.0, `Connection: close`, `Expect: 100-continue` and a
+client not reading its answers (where the `PredictRoute` middleware answers the
+predict route).
 
 This module imports neither the app nor TensorFlow: the handler comes with the app.
 """
@@ -75,14 +77,13 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
     self._path = handler.path.encode()
     self._chunks: Optional[list] = None  # The predict request being read; None: not one.
     self._size = 0
-    self._refusal: Optional[Tuple[int, Dict[str, Any]]] = None
+    self._refused = False  # The request being read was answered: its body is dropped.
     self._waiting = 0  # Requests of this connection waiting in the group commit.
 
   def _answers_here(self) -> bool:
     parser = self.parser
     return (self.url == self._path and parser.get_method() == b"POST"
-            and parser.get_http_version() == "1.1"
-            and not parser.should_upgrade() and not self.expect_100_continue
+            and parser.get_http_version() == "1.1" and not self.expect_100_continue
             and (self.cycle is None or self.cycle.response_complete)
             and not self.flow.write_paused and _CLOSE_HEADER not in self.headers)
 
@@ -93,18 +94,34 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
       super().on_headers_complete()
       return
     self._chunks, self._size = [], 0
-    self._refusal = self._handler.refusal("POST", self.headers)
+    if self.parser.should_upgrade():
+      # The parser hands what follows the headers to the protocol upgraded to: the body is
+      # never read, and neither is anything after it, so the connection closes.
+      self._refuse(self._handler.predictor.refused(
+          400, f"Upgrade is not supported on {self._handler.path}: send the request without "
+               "it"), close=True)
+      return
+    refusal = self._handler.refusal("POST", self.headers)
+    if refusal is not None:
+      self._refuse(refusal)
+
+  def _refuse(self, answer: Tuple[int, Dict[str, Any]], close: bool = False) -> None:
+    """Answers the request being read now, without its body, which is then dropped."""
+    self._refused = True
+    self._chunks.clear()
+    if self._waiting:  # Answered first: answers go out in the order of the requests.
+      self._group.commit()
+    self._send(*answer, close=close)
 
   def on_body(self, body: bytes) -> None:
     if self._chunks is None:
       super().on_body(body)
       return
-    if self._refusal is not None:
-      return  # Refused: the rest of the body is read and dropped.
+    if self._refused:
+      return
     self._size += len(body)
     if self._size > self._handler.max_body_bytes:
-      self._refusal = self._handler.too_large()
-      self._chunks.clear()
+      self._refuse(self._handler.too_large())
       return
     self._chunks.append(body)
 
@@ -114,8 +131,10 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
       return
     body = b"".join(self._chunks)
     self._chunks = None
-    outcome = self._refusal or self._handler.begin(body)
-    self._refusal = None
+    if self._refused:
+      self._refused = False
+      return
+    outcome = self._handler.begin(body)
     if isinstance(outcome, tuple) and not self._waiting:
       self._send(*outcome)
     else:
@@ -127,11 +146,18 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
     self._waiting -= 1
     self._send(status, answer)
 
-  def _send(self, status: int, answer: Dict[str, Any]) -> None:
+  def _send(self, status: int, answer: Dict[str, Any], close: bool = False) -> None:
     if self.transport.is_closing():
       return
-    self._write(*self._handler.encode(status, answer))
+    self._write(*self._handler.encode(status, answer), close=close)
+    if close:
+      self.transport.close()
+      return
     self.on_response_complete()
+
+  def _unsupported_upgrade_warning(self) -> None:
+    if not self.transport.is_closing():  # Not an upgrade of the predict route, answered 400.
+      super()._unsupported_upgrade_warning()
 
   def _write(self, status: int, content: bytes, close: bool = False) -> None:
     self.transport.write(b"".join([
@@ -142,7 +168,15 @@ class PredictProtocol(httptools_impl.HttpToolsProtocol):
 
   def send_400_response(self, msg: str) -> None:
     """uvicorn's answer to bytes its parser refuses, as JSON with the reason like every answer
-    of the route; the connection closes, since where the next request starts is unknown."""
+    of the route; the connection closes, since where the next request starts is unknown.
+
+    A whole request being answered on the ASGI path keeps its answer: the connection closes
+    after it, and the refused bytes are dropped (after `Connection: close`, RFC 9112 has
+    them ignored)."""
+    cycle = self.cycle
+    if cycle is not None and not cycle.response_complete and not cycle.more_body:
+      cycle.keep_alive = False
+      return
     if self._waiting:  # Answered first: answers go out in the order of the requests.
       self._group.commit()
     self._write(400, json.dumps({"error": f"invalid HTTP: {msg}"}).encode(), close=True)

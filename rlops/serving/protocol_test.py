@@ -234,3 +234,25 @@ def test_requests_at_the_edges_of_http_get_json_answers_and_keep_the_stream_in_s
     [(status, answer)], closed = answer_then_closed(
         head + b"Content-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n")
     assert status == 415 and "application/json" in answer["error"] and closed
+    # A Content-Length over the limit is answered before the body is sent; the body is then
+    # read and dropped, and the next request on the connection is read where it starts.
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+      sock.sendall(head + b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n")
+      [(status, answer)] = _responses(sock, 1)
+      assert status == 413 and "at most" in answer["error"]
+      sock.sendall(b" " * 2_000_000 + _request(b"", method="GET", path="/health", headers=""))
+      assert [status for status, _ in _responses(sock, 1)] == [200]
+    # An upgrade hands what follows the headers to another protocol: refused with its reason,
+    # and the connection closes.
+    [(status, answer)], closed = answer_then_closed(
+        head + b"Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert status == 400 and "Upgrade is not supported" in answer["error"] and closed
+    # Bytes after a request with Connection: close (ASGI path) are ignored: it is answered.
+    closing = _body(observation, ["then-garbage"])
+    [(status, answer)], closed = answer_then_closed(
+        head + b"Connection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(closing) + closing + b"\x00garbage\r\n\r\n")
+    assert status == 200 and answer["predictions"][0]["request_id"] == "then-garbage" and closed
+    assert app.state.logger.flush(timeout=30.0)
+  assert sorted(logged_predictions(tmp_path / "warehouse.sqlite")) == ["spaced", "then-garbage"]

@@ -9,11 +9,15 @@ is never held while predicting or writing the outbox.
 
 The table is a set-associative cache in shared memory (112 bytes an entry, 8
 ways a set, the least recently written entry of a set replaced), created by the
-process that starts the workers and passed to each. After a restart it is
-refilled from the outboxes, which hold the rows since their last compaction.
+process that starts the workers and passed to each. An id's set is chosen by a
+hash keyed with a secret of the table's, so that a client cannot compute ids
+that share a served id's set and evict it with a handful of requests. After a
+restart it is refilled from the outboxes, which hold the rows since their last
+compaction.
 """
 import ctypes
 import hashlib
+import os
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -39,15 +43,6 @@ def observation_key(observation) -> bytes:
   return np.asarray(observation, np.float32).tobytes()
 
 
-def _request_hash(request_id: str) -> bytes:
-  # surrogatepass: an id the outbox will refuse as invalid Unicode still has a hash.
-  return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def _observation_hash(key: bytes) -> int:
-  return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
 class RecentPredictions:
   """About the last `capacity` served predictions by request id, in memory worker processes share.
 
@@ -59,23 +54,33 @@ class RecentPredictions:
 
   def __init__(self, capacity: int = 100_000, context=None):
     size = max(1, -(-capacity // WAYS)) * WAYS * _ENTRY.itemsize
+    secret = os.urandom(16)
     if context is None:
-      self.__setstate__((bytearray(size), threading.Lock()))
+      self.__setstate__((bytearray(size), threading.Lock(), secret))
     else:
-      self.__setstate__((context.RawArray(ctypes.c_char, size), context.Lock()))
+      self.__setstate__((context.RawArray(ctypes.c_char, size), context.Lock(), secret))
 
   def __getstate__(self):
     # The shared buffer and lock themselves: a spawned worker uses the same memory.
-    return self._buffer, self._lock
+    return self._buffer, self._lock, self._secret
 
   def __setstate__(self, state):
-    self._buffer, self._lock = state
+    self._buffer, self._lock, self._secret = state
     self._sets = np.frombuffer(self._buffer, _ENTRY).reshape(-1, WAYS)
     self.capacity = self._sets.size
 
   def __len__(self) -> int:
     """The number of served entries."""
     return int(np.count_nonzero(self._sets["state"] == _SERVED))
+
+  def _request_hash(self, request_id: str) -> bytes:
+    # surrogatepass: an id the outbox will refuse as invalid Unicode still has a hash.
+    return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16,
+                           key=self._secret).digest()
+
+  def _observation_hash(self, key: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, key=self._secret).digest(),
+                          "little")
 
   def _ways(self, request_hash: bytes) -> np.ndarray:
     return self._sets[int.from_bytes(request_hash[:8], "little") % len(self._sets)]
@@ -97,8 +102,8 @@ class RecentPredictions:
       ReusedRequestId: `request_id` was served for another observation, or a
         concurrent request is serving it.
     """
-    request_hash = _request_hash(request_id)
-    observation_hash = _observation_hash(key)
+    request_hash = self._request_hash(request_id)
+    observation_hash = self._observation_hash(key)
     ways = self._ways(request_hash)
     with self._lock:
       way = self._find(ways, request_hash)
@@ -140,9 +145,9 @@ class RecentPredictions:
     if len(model_version) > MAX_MODEL_VERSION_BYTES:
       raise ValueError(f"model_version {prediction['model_version'][:80]!r} is longer than "
                        f"{MAX_MODEL_VERSION_BYTES} bytes")
-    request_hash = _request_hash(prediction["request_id"])
-    entry = (request_hash, _observation_hash(key), time.monotonic_ns(), prediction["propensity"],
-             prediction["action"], _SERVED, model_version)
+    request_hash = self._request_hash(prediction["request_id"])
+    entry = (request_hash, self._observation_hash(key), time.monotonic_ns(),
+             prediction["propensity"], prediction["action"], _SERVED, model_version)
     ways = self._ways(request_hash)
     with self._lock:
       way = self._find(ways, request_hash)
@@ -150,7 +155,7 @@ class RecentPredictions:
 
   def release(self, request_id: str) -> None:
     """Drops `request_id`'s reservation: nothing was logged for it."""
-    request_hash = _request_hash(request_id)
+    request_hash = self._request_hash(request_id)
     ways = self._ways(request_hash)
     with self._lock:
       way = self._find(ways, request_hash)

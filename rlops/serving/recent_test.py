@@ -1,4 +1,5 @@
 """Tests of the table of served request ids: reserve, fill, release, eviction, worker processes."""
+import hashlib
 import multiprocessing
 
 import pytest
@@ -57,6 +58,26 @@ def test_the_table_holds_capacity_entries_and_replaces_the_least_recently_writte
   assert len(table) == 64
   assert table.reserve("id-639", KEY) == _prediction("id-639", 9)
   assert table.reserve("id-0", KEY) is None  # Replaced long ago: new again.
+
+
+def test_a_client_cannot_compute_ids_that_evict_a_served_one():
+  table = recent.RecentPredictions(100_000)
+  sets = table.capacity // recent.WAYS
+  served = _served(table, "victim")
+
+  def unkeyed_set(request_id: str) -> int:  # How the set was chosen before it was keyed.
+    digest = hashlib.blake2b(request_id.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little") % sets
+
+  target = unkeyed_set("victim")
+  attackers = [name for name in (f"attacker-{i}" for i in range(3_000_000))
+               if unkeyed_set(name) == target][:recent.WAYS]
+  assert len(attackers) == recent.WAYS
+  for name in attackers:
+    _served(table, name)
+  assert table.reserve("victim", KEY) == served
+  with pytest.raises(recent.ReusedRequestId, match="already served for another observation"):
+    table.reserve("victim", OTHER_KEY)
 
 
 def test_the_table_is_refilled_from_logged_rows():
