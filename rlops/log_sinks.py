@@ -94,7 +94,7 @@ def _warehouse(uri: str):
   return warehouse_lib.open_warehouse(uri)
 
 
-def _check_fields(message: Dict[str, Any]) -> None:
+def check_message(message: Any) -> None:
   """Raises ValueError unless `message` is an object of lists of rows, by kind."""
   if not isinstance(message, dict):
     raise ValueError(f"a message is a JSON object, got {type(message).__name__}")
@@ -220,7 +220,7 @@ def write_rows(message: Dict[str, Any], warehouse_uri: str,
   Raises:
     ValueError: `message` is not an object of lists of rows.
   """
-  _check_fields(message)
+  check_message(message)
   predictions, rejected = split_predictions(message.get("predictions", []), limits)
   feedback, rejected_feedback = split_feedback(message.get("feedback", []), limits)
   store = _warehouse(warehouse_uri)

@@ -35,12 +35,19 @@ def log_records(cloud_event) -> None:
   Pub/Sub redelivers it (its stored rows change nothing) and then moves it to the
   dead-letter topic `rlops deploy` gives the subscription; the endpoint's outbox sets
   the refused rows aside in its dead-letter file. A message that is not JSON of lists
-  of rows, or a failure to write, raises, so Pub/Sub redelivers the message.
+  of rows is answered 400 with the reason, not acknowledged either (the outbox then
+  delivers its rows one by one and sets the bad one aside). A failure to write
+  raises, so Pub/Sub redelivers the message.
   """
   uri = os.environ.get(WAREHOUSE_ENV)
   if not uri:
     raise RuntimeError(f"{WAREHOUSE_ENV} is not set")
-  message = log_sinks.decode_pubsub_event(cloud_event.data)
+  try:
+    message = log_sinks.decode_pubsub_event(cloud_event.data)
+    log_sinks.check_message(message)
+  except ValueError as error:
+    print(json.dumps({"severity": "WARNING", "refused_message": str(error)[:2000]}))
+    _refuse(400, {"error": f"not a log message: {error}"[:2000]})
   _, rejected = log_sinks.write_rows(message, uri, log_sinks.limits_from_env())
   if rejected:
     reasons = [entry["reason"] for entry in rejected]
@@ -48,6 +55,9 @@ def log_records(cloud_event) -> None:
       print(json.dumps({"severity": "WARNING", "rejected_rows": rejected}))
     except RecursionError:  # A row nested too deep to write again: its reason says so.
       print(json.dumps({"severity": "WARNING", "rejected_reasons": reasons}))
-    flask.abort(flask.Response(
-        json.dumps({"error": f"{len(rejected)} row(s) refused", "reasons": reasons}),
-        status=422, mimetype="application/json"))
+    _refuse(422, {"error": f"{len(rejected)} row(s) refused", "reasons": reasons})
+
+
+def _refuse(status: int, answer: dict) -> None:
+  """Answers the message `status` with `answer` as JSON: refused, not acknowledged."""
+  flask.abort(flask.Response(json.dumps(answer), status=status, mimetype="application/json"))

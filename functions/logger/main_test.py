@@ -48,7 +48,7 @@ def test_cloud_event_entry_point_writes_and_deduplicates(tmp_path):
     sink.deliver(_message(10, start=25))
     headers, body = log_sinks.pubsub_cloud_event({})
     body["message"]["data"] = "not base64 json"
-    assert httpx.post(url, headers=headers, json=body).status_code == 500
+    assert httpx.post(url, headers=headers, json=body).status_code == 400  # Not acknowledged.
   records = warehouse_lib.Warehouse(path).rewarded_records()
   assert sorted(records["request_id"]) == sorted(f"req-{i}" for i in range(35))
   assert (records["reward"] == 4.0).all() and (records["action"] == 3).all()
@@ -127,6 +127,34 @@ def test_an_older_servers_outbox_line_is_forwarded_as_written_and_its_bad_row_re
   assert stored == ["req-0", "req-1", "req-3"]
   with open(log_path) as f:
     assert "request_id is not valid Unicode" in f.read()
+
+
+def test_a_message_that_is_not_one_is_refused_with_400_and_the_outbox_sets_its_line_aside(
+    tmp_path):
+  """A line that parses alone but not once joined into a message (a UTF-8 BOM before it): the
+  served Logger answers the message 400 with the reason, not 500, so the outbox delivers its
+  lines one by one and sets that one aside instead of retrying the batch for ever."""
+  path = str(tmp_path / "warehouse.sqlite")
+  lines = [log_sinks.encode_message(row) for row in _message(3)["predictions"]]
+  lines[1] = b"\xef\xbb\xbf" + lines[1]
+  with open(tmp_path / "outbox.jsonl", "wb") as f:
+    f.writelines(line + b"\n" for line in lines)
+  env = {logger.WAREHOUSE_ENV: path}
+  with testing_utils.functions_framework(SOURCE, "log_records", env) as url:
+    headers, body = log_sinks.pubsub_cloud_event(b"not json")
+    response = httpx.post(url, headers=headers, json=body)
+    assert response.status_code == 400 and "not a log message" in response.json()["error"]
+    logs = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), log_sinks.CloudEventSink(url),
+                               batch_seconds=0.01)
+    logs.start()
+    try:
+      assert logs.flush(timeout=60.0)
+    finally:
+      logs.close()
+  assert logs.failures == 0 and logs.dead_letters == 1
+  with sqlite3.connect(path) as connection:
+    stored = sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
+  assert stored == ["req-0", "req-2"]
 
 
 def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refused_alone(tmp_path):
