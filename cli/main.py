@@ -257,13 +257,20 @@ def _refuse_a_model_of_another_shape(directory: str, config: Config) -> None:
                       "it with a workdir of its shape (--num-movies, --rank-k)")
 
 
-def _refuse_stranded_outboxes(workdir: str, workers: int) -> None:
-  """Refuses a count of server processes that would leave the undelivered rows of an outbox
-  behind: worker i delivers outbox-<i>.jsonl, a single process outbox.jsonl."""
+def _check_outboxes(workdir: str, workers: int) -> None:
+  """Refuses outboxes the server processes cannot log to (unwritable, or logged to by a server
+  still running), and a count of processes that would leave the undelivered rows of another
+  outbox behind: worker i delivers outbox-<i>.jsonl, a single process outbox.jsonl."""
   from rlops.serving import outbox, server  # pylint: disable=import-outside-toplevel
   served = workdirs.LocalPaths(workdir).outbox
-  owned = {os.path.basename(server.worker_outbox_path(served, index if workers > 1 else None))
-           for index in range(workers)}
+  paths = [server.worker_outbox_path(served, index if workers > 1 else None)
+           for index in range(workers)]
+  for path in paths:
+    try:
+      outbox.check_free(path)
+    except OSError as error:
+      raise WorkdirError(f"cannot log to {path}: {error}") from None
+  owned = {os.path.basename(path) for path in paths}
   for path in sorted(pathlib.Path(workdir).glob("outbox*.jsonl")):
     if not re.fullmatch(r"outbox(-\d+)?\.jsonl", path.name) or path.name in owned:
       continue
@@ -297,7 +304,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _refuse_a_model_of_another_shape(newest, config)
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
-  _refuse_stranded_outboxes(config.workdir, args.workers)
+  _check_outboxes(config.workdir, args.workers)
   for name in ("RLOPS_LOG_TOPIC", "RLOPS_LOG_URL", "RLOPS_WAREHOUSE", log_sinks.ROW_LIMITS_ENV):
     os.environ.pop(name, None)
   os.environ.update({

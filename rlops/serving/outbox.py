@@ -12,6 +12,7 @@ at a time, and each row rejected on its own is set aside in the dead-letter
 file, so one poison row never stops the others. `replay_dead_letters` sends the
 set-aside rows again once fixed.
 """
+import fcntl
 import json
 import math
 import os
@@ -78,6 +79,29 @@ def undelivered_rows(outbox_path: str) -> int:
   return data.count(b"\n", _delivered_offset(saved, end), end)
 
 
+class OutboxInUse(OSError):
+  """Another process logs to the outbox: two writers would each deliver, and compact, the other's
+  rows as their own."""
+
+
+def _lock(file, outbox_path: str) -> None:
+  """Takes the outbox open as `file` for this process alone, until the file is closed or the
+  process dies (however it dies)."""
+  try:
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise OutboxInUse(f"{outbox_path} is in use by another server process; stop it first "
+                      "(one server per outbox)") from None
+
+
+def check_free(outbox_path: str) -> None:
+  """Raises OSError if a server could not log to the outbox at `outbox_path`: it, or its offset
+  file, cannot be opened for writing, or another process logs to it."""
+  with open(outbox_path, "ab") as f:
+    _lock(f, outbox_path)
+  os.close(os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644))
+
+
 def _count_lines(path: str) -> int:
   if not os.path.exists(path):
     return 0
@@ -88,6 +112,7 @@ def _count_lines(path: str) -> int:
 class OutboxLogger:
   """Prediction rows appended to a JSONL outbox and delivered to a sink by a thread.
 
+  The outbox is this process's alone while the logger is open (`OutboxInUse`).
   `append` writes rows under a lock (the request path). The delivery thread sends
   the lines after the last delivered byte offset, which it persists in
   `<outbox>.offset`, in batches of up to `batch_rows` rows or `batch_seconds`:
@@ -119,6 +144,11 @@ class OutboxLogger:
     os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
     # Unbuffered: each append is one write to the OS, undone if it fails part-way.
     self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
+    try:
+      _lock(self._file, outbox_path)
+    except OSError:
+      self._file.close()
+      raise
     self._offset_fd = os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644)
     self._end, self._offset, self._written = self._recover()
     # The lines from here on are this process's: orjson's JSON, delivered without a parse.

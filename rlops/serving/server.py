@@ -15,6 +15,7 @@ served request ids (`recent`), created by the supervising process: a reused id
 gets the same answer whichever worker its connection reaches, and each worker
 refills the table from its outbox as it starts.
 """
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -33,6 +34,7 @@ from rlops import log_sinks, noise
 from rlops.serving import outbox, protocol, recent
 
 WORKER_STOP_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # The log delivery thread shares the GIL with the event loop: CPython's default 5 ms
 # switch interval would add up to 5 ms to a request each time the thread holds it.
 SWITCH_INTERVAL_SECONDS = 0.0005
@@ -154,7 +156,18 @@ def _log_events_to_stderr() -> None:
   logger.propagate = False
 
 
-def _worker(index: int, host: str, port: int, served: recent.RecentPredictions) -> None:
+def _stop_with(parent: int) -> None:
+  """Has this worker stopped (SIGTERM: it drains its outbox) when the process that started it
+  dies, even by kill -9, so that no worker outlives it and logs beside the next server."""
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+  if os.getppid() != parent:  # It died before that.
+    raise SystemExit(f"rlops-serving: the process that started worker {os.getpid()} is gone")
+
+
+def _worker(index: int, host: str, port: int, served: recent.RecentPredictions,
+            parent: int) -> None:
+  _stop_with(parent)
   noise.quiet_libraries()  # A spawned process: the CLI's filters are not inherited.
   _log_events_to_stderr()
   serve(app_from_env(index, served), listening_socket(host, port, reuse_port=True))
@@ -170,7 +183,7 @@ def run_workers(workers: int, host: str, port: int) -> int:
   # Alive until every worker stops: a worker opens the table's lock by name, which the
   # table's finalizer removes.
   served = recent.RecentPredictions(context=context)
-  processes = [context.Process(target=_worker, args=(index, host, port, served),
+  processes = [context.Process(target=_worker, args=(index, host, port, served, os.getpid()),
                                name=f"rlops-worker-{index}") for index in range(workers)]
   stopping = threading.Event()
 
