@@ -11,8 +11,9 @@ import pytest
 
 from cli import main as cli
 from cli import options
-from rlops import workdirs
+from rlops import log_sinks, workdirs
 from rlops.config import Config, GcpConfig
+from rlops.serving import outbox
 from tfx_pipeline import metadata, recorded_vertex_api
 
 RLOPS = str(pathlib.Path(sys.executable).parent / "rlops")
@@ -30,6 +31,9 @@ def test_console_script_lists_its_commands():
     (["--data", "/no/such/ml-100k"], "data path '/no/such/ml-100k' does not exist"),
     (["--samples", "-5"], "samples must be positive"),
     (["--epsilon", "2"], r"epsilon must be in \[0, 1\]"),
+    (["--gate-tolerance", "nan"], "pipeline.gate_tolerance must be a finite number, got nan"),
+    (["--seed", "-1"], "environment.seed must be from 0 to"),
+    (["--data-seed", "-1"], "data.seed must be from 0 to"),
 ])
 @pytest.mark.parametrize("command", [["train"], ["pipeline", "startup"], ["demo"]])
 def test_bad_configuration_fails_before_any_work(tmp_path, capsys, command, arguments, message):
@@ -117,6 +121,62 @@ def test_serving_with_another_count_of_workers_than_left_rows_undelivered_is_ref
   (workdir / "outbox-0.jsonl.offset").write_text("20\n")
   assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model)]) == 4
   assert "outbox-1.jsonl holds 1 undelivered" in _one_line_reason(capsys, "workdir error")
+
+
+def test_an_outbox_a_server_cannot_log_to_is_refused_before_serving(tmp_path, capsys):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "rlops_model.json").write_text("{}")  # Only its presence is checked before serving.
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  running = outbox.OutboxLogger(str(workdir / "outbox-1.jsonl"), log_sinks.InProcessSink(
+      str(workdir / "warehouse.sqlite")))  # A server still logging to outbox-1.
+  try:
+    assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model),
+                     "--workers", "2"]) == 4
+    reason = _one_line_reason(capsys, "workdir error")
+    assert "outbox-1.jsonl is in use by another server process" in reason
+  finally:
+    running.close()
+  (workdir / "outbox.jsonl.offset").mkdir()
+  assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model)]) == 4
+  assert "cannot log to" in _one_line_reason(capsys, "workdir error")
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "Expecting property name"),
+    ('{"bogus": 1}', "unknown configuration section(s): bogus"),
+])
+def test_a_damaged_workdir_configuration_is_a_workdir_error(tmp_path, capsys, content, reason):
+  workdir = tmp_path / "work"
+  options.remember(Config(workdir=str(workdir)))
+  with open(workdirs.LocalPaths(str(workdir)).config, "w") as f:
+    f.write(content)
+  assert cli.main(["pipeline", "retrain", "--workdir", str(workdir)]) == 4
+  message = _one_line_reason(capsys, "workdir error")
+  assert "is damaged" in message and reason in message
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"pipeline": {"samples": True}}, "pipeline.samples must be an integer, got True"),
+    ({"environment": {"num_movies": 20.5}}, "environment.num_movies must be an integer"),
+    ({"agent": {"hidden_units": [50, "x"]}}, "agent.hidden_units must be a list of integers"),
+    ({"pipeline": {"feedback_lateness": float("inf")}}, "feedback_lateness must be a finite"),
+    ({"bogus": {}}, "unknown configuration section(s): bogus"),
+    ({"agent": {"bogus": 1}}, "unknown agent setting(s): bogus"),
+    ({"workdir": ""}, "workdir must be a folder's path"),
+])
+def test_a_config_file_of_wrong_types_is_refused_before_any_work(tmp_path, capsys, change,
+                                                                  reason):
+  fields = json.loads(Config().to_json())
+  for section, value in change.items():
+    fields[section] = {**fields[section], **value} if isinstance(value, dict) and isinstance(
+        fields.get(section), dict) else value
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(fields))
+  assert cli.main(["compile", "--config", str(path), "--output", str(tmp_path / "out")]) == 2
+  assert reason in _one_line_reason(capsys, "configuration error")
+  assert not (tmp_path / "out").exists()
 
 
 def test_a_model_of_another_shape_than_the_workdirs_is_not_served_into_it(tmp_path, capsys):

@@ -128,8 +128,12 @@ def remembered(workdir: str) -> Optional[Config]:
   path = workdirs.LocalPaths(workdir).config
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return Config.from_json(f.read())
+  try:
+    with open(path) as f:
+      return Config.from_json(f.read())
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise WorkdirError(f"{path} is damaged ({type(error).__name__}: {error}); restore it, or "
+                       "start another --workdir") from error
 
 
 def remember(config: Config) -> None:

@@ -4,7 +4,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Optional, Tuple, Type, TypeVar
+import typing
+from typing import Any, Optional, Tuple, Type, TypeVar, Union
 
 AGENT_NAMES = ("linucb", "lints", "neural_epsilon_greedy")
 EXPLORATION_RULES = ("inverse_gap", "epsilon_greedy")
@@ -13,6 +14,49 @@ Section = TypeVar("Section")
 
 class ConfigError(ValueError):
   """A configuration value is invalid; raised before any work starts."""
+
+
+# Largest seed: TensorFlow, NumPy and Beam all take it.
+MAX_SEED = 2**31 - 1
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+  """Whether `value` is of the type hint of a configuration field: an int for int (not a bool),
+  a finite number for float, a tuple of such values for Tuple[X, ...], None for Optional."""
+  if typing.get_origin(hint) is Union:
+    return any(_of_type(value, arg) for arg in typing.get_args(hint))
+  if typing.get_origin(hint) is tuple:
+    return isinstance(value, tuple) and all(_of_type(item, typing.get_args(hint)[0])
+                                            for item in value)
+  if hint is float:
+    return _finite(value)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+  if typing.get_origin(hint) is Union:
+    return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+  if typing.get_origin(hint) is tuple:
+    return "a list of " + {float: "finite numbers", int: "integers",
+                           str: "strings"}[typing.get_args(hint)[0]]
+  return {float: "a finite number", int: "an integer", str: "a string", bool: "true or false",
+          type(None): "null"}[hint]
+
+
+def check_types(section: Any) -> None:
+  """Raises ConfigError unless every field of the configuration section holds its type."""
+  name = type(section).__name__[:-len("Config")].lower()
+  for field, hint in typing.get_type_hints(type(section)).items():
+    value = getattr(section, field)
+    if not _of_type(value, hint):
+      raise ConfigError(f"{name}.{field} must be {_describe(hint)}, got {value!r}")
+
+
+def _check_seed(section: str, seed: int) -> None:
+  if not 0 <= seed <= MAX_SEED:
+    raise ConfigError(f"{section}.seed must be from 0 to {MAX_SEED}, got {seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +72,8 @@ class DataConfig:
   seed: int = 0
 
   def validate(self) -> None:
+    check_types(self)
+    _check_seed("data", self.seed)
     if self.path is not None and not os.access(self.path, os.R_OK):
       raise ConfigError(f"data path {self.path!r} does not exist or is not readable")
 
@@ -41,6 +87,8 @@ class EnvironmentConfig:
   seed: int = 0
 
   def validate(self) -> None:
+    check_types(self)
+    _check_seed("environment", self.seed)
     if self.num_movies < 2:
       raise ConfigError(f"num_movies must be at least 2, got {self.num_movies}")
     if not 1 <= self.rank_k <= self.num_movies:
@@ -115,6 +163,7 @@ class AgentConfig:
     return self.name in ("linucb", "lints")
 
   def validate(self) -> None:
+    check_types(self)
     if self.name not in AGENT_NAMES:
       raise ConfigError(f"unknown agent {self.name!r}; choose one of {', '.join(AGENT_NAMES)}")
     # Each check accepts what it should rather than refuse what it should not: NaN, which
@@ -196,6 +245,7 @@ class PipelineConfig:
   feedback_lateness: float = 0.0
 
   def validate(self) -> None:
+    check_types(self)
     if self.samples < 1:
       raise ConfigError(f"samples must be positive, got {self.samples}")
     if self.train_batch_size < 1 or self.epochs < 1:
@@ -280,6 +330,7 @@ class GcpConfig:
     return f"bq://{self.project}.{self.dataset}"
 
   def validate(self) -> None:
+    check_types(self)
     if not _PROJECT_RE.fullmatch(self.project):
       raise ConfigError(f"gcp.project must be a project id (6-30 lowercase letters, digits, "
                         f"hyphens, starting with a letter), got {self.project!r}")
@@ -325,6 +376,8 @@ class Config:
   gcp: Optional[GcpConfig] = None
 
   def validate(self) -> "Config":
+    if not isinstance(self.workdir, str) or not self.workdir:
+      raise ConfigError(f"workdir must be a folder's path, got {self.workdir!r}")
     self.data.validate()
     self.environment.validate()
     self.agent.validate_for(self.environment)
@@ -344,6 +397,11 @@ class Config:
   @classmethod
   def from_json(cls, text: str) -> "Config":
     fields = json.loads(text)
+    if not isinstance(fields, dict):
+      raise ConfigError(f"a configuration is a JSON object, got {text[:100]!r}")
+    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(cls)})
+    if unknown:
+      raise ConfigError(f"unknown configuration section(s): {', '.join(unknown)}")
     return cls(data=_section(DataConfig, fields["data"]),
                environment=_section(EnvironmentConfig, fields["environment"]),
                agent=_section(AgentConfig, fields["agent"]),
@@ -367,7 +425,13 @@ def section_to_json(section: Any) -> str:
   return json.dumps(dataclasses.asdict(section), sort_keys=True)
 
 
-def _section(cls: Type[Section], fields: dict) -> Section:
+def _section(cls: Type[Section], fields: Any) -> Section:
+  name = cls.__name__[:-len("Config")].lower()
+  if not isinstance(fields, dict):
+    raise ConfigError(f"{name} must be a JSON object, got {fields!r:.100}")
+  unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(cls)})
+  if unknown:
+    raise ConfigError(f"unknown {name} setting(s): {', '.join(unknown)}")
   # JSON has no tuples: the sections' sequence fields are all tuples.
   return cls(**{name: tuple(value) if isinstance(value, list) else value
                 for name, value in fields.items()})
