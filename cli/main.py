@@ -1,5 +1,6 @@
 """The `rlops` command line."""
 import argparse
+import glob
 import importlib.metadata
 import json
 import logging
@@ -24,6 +25,8 @@ EXIT_CONFIGURATION = 2
 EXIT_DATA = 3
 EXIT_WORKDIR = 4
 EXIT_RUNNING = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it.
+MAX_WORKERS = 64  # Server processes of `rlops serve`.
 
 
 class RunningError(Exception):
@@ -195,19 +198,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
   """Ranks learning settings offline on the warehouse's logged records."""
   config = config_from_args(args)
+  if not 0 < args.newer_share < 1:
+    raise ConfigError(f"--newer-share must be in (0, 1), got {args.newer_share}")
+  if args.write_config and (os.path.isdir(args.write_config) or not os.path.isdir(
+      os.path.dirname(os.path.abspath(args.write_config)))):
+    raise ConfigError(f"--write-config {args.write_config} must be a file in an existing folder")
   from rlops import offline_evaluation  # pylint: disable=import-outside-toplevel
   settings = [offline_evaluation.parse_setting(text, config.agent)
               for text in (args.setting or [""])]
+  for setting in settings:
+    setting.validate_for(config.environment)
   from rlops import plots, warehouse  # pylint: disable=import-outside-toplevel
-  store = warehouse.Warehouse(workdirs.LocalPaths(config.workdir).warehouse)
+  path = workdirs.LocalPaths(config.workdir).warehouse
+  if not os.path.isfile(path):
+    raise WorkdirError(f"no warehouse at {path}: run `rlops pipeline startup` first")
+  store = warehouse.Warehouse(path)
   try:
     records = store.rewarded_records()
   finally:
     store.close()
-  rows = offline_evaluation.compare(
-      records, settings, config.environment.num_movies, config.environment.rank_k,
-      newer_share=args.newer_share, bootstrap_samples=config.pipeline.bootstrap_samples,
-      seed=config.environment.seed, progress=True)
+  try:
+    rows = offline_evaluation.compare(
+        records, settings, config.environment.num_movies, config.environment.rank_k,
+        newer_share=args.newer_share, bootstrap_samples=config.pipeline.bootstrap_samples,
+        seed=config.environment.seed, progress=True)
+  except ValueError as error:  # Too few records to split, or to estimate on.
+    raise WorkdirError(f"{path}: {error}") from error
   labels = [offline_evaluation.describe(row["setting"], config.agent) for row in rows]
   print(f"\ntrained on the older {rows[0]['train_records']} records, estimated on the newer "
         f"{rows[0]['eval_records']}; versus logging: paired difference with its 95% interval")
@@ -281,10 +297,20 @@ def _check_outboxes(workdir: str, workers: int) -> None:
                          "until they are delivered")
 
 
+def _check_address(host: str, port: int) -> None:
+  """Refuses an address the server could not listen on (taken, not this machine's, no port)."""
+  from rlops.serving import server  # pylint: disable=import-outside-toplevel
+  try:
+    server.listening_socket(host, port).close()
+  except (OSError, OverflowError) as error:
+    raise ConfigError(f"cannot listen on {host}:{port}: {error}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  if args.workers < 1:
-    raise ConfigError(f"--workers must be positive, got {args.workers}")
+  if not 1 <= args.workers <= MAX_WORKERS:
+    raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}, got {args.workers}")
+  _check_address(args.host, args.port)
   from rlops import model_io  # pylint: disable=import-outside-toplevel
   paths = workdirs.LocalPaths(config.workdir)
   model_dir = args.model or paths.serving
@@ -325,6 +351,9 @@ def _cmd_replay_dead_letters(args: argparse.Namespace) -> int:
   found = pathlib.Path(config.workdir).glob("outbox*" + outbox.dead_letter_path(".jsonl") + "*")
   files = args.path or sorted({str(path).split(claims.SUFFIX)[0] for path in found
                                if path.suffix != ".lock"})
+  for path in args.path:
+    if not (os.path.isfile(path) or glob.glob(glob.escape(path) + claims.SUFFIX + "*")):
+      raise ConfigError(f"{path} is not a dead-letter file (outbox*.jsonl.dead.jsonl)")
   sink = _sink(args, config)
   counts = {}
   for path in files:
@@ -351,10 +380,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
   from rlops import simulation, traffic  # pylint: disable=import-outside-toplevel
   # Stopped (timeout, a container's stop): the rewards not yet sent are kept, as on Ctrl-C.
   signal.signal(signal.SIGTERM, _exit_on_sigterm)
-  summary = traffic.run_simulation(
-      args.url, simulation.MovieLensModel.from_config(config), args.requests,
-      _sink(args, config), rate=args.rate, seed=config.environment.seed, progress=True,
-      undelivered_path=workdirs.LocalPaths(config.workdir).undelivered_feedback)
+  try:
+    summary = traffic.run_simulation(
+        args.url, simulation.MovieLensModel.from_config(config), args.requests,
+        _sink(args, config), rate=args.rate, seed=config.environment.seed, progress=True,
+        undelivered_path=workdirs.LocalPaths(config.workdir).undelivered_feedback)
+  except OSError as error:  # The file of undelivered rewards cannot be read or written.
+    raise WorkdirError(str(error)) from error
   print(json.dumps(summary, indent=2))
   return 0 if summary["errors"] == 0 and summary["feedback_undelivered"] == 0 else 1
 
@@ -456,15 +488,11 @@ def _vertex_lineage(args: argparse.Namespace) -> List[dict]:
   if args.model != "latest":
     raise ConfigError(f"on Vertex, --model is 'latest' (the model {gcp.endpoint_name} serves), "
                       f"got {args.model!r}")
-  from google.auth import exceptions  # pylint: disable=import-outside-toplevel
   from tfx_pipeline import vertex_metadata  # pylint: disable=import-outside-toplevel
   try:
     vertex = vertex_metadata.VertexMetadata(gcp.project, gcp.region,
                                             api_endpoint=args.vertex_api_endpoint)
     return vertex.lineage(gcp.endpoint_name)
-  except exceptions.DefaultCredentialsError as error:
-    raise ConfigError(f"no Google Cloud credentials ({error}): run `gcloud auth "
-                      "application-default login`") from error
   except vertex_metadata.NotFound as error:
     raise WorkdirError(str(error)) from error
 
@@ -707,6 +735,19 @@ def main(argv: Optional[List[str]] = None) -> int:
   except RunningError as error:
     print(f"rlops: run in progress: {error}", file=sys.stderr)
     return EXIT_RUNNING
+  except KeyboardInterrupt:
+    print("rlops: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  except _missing_credentials() as error:
+    print(f"rlops: configuration error: no Google Cloud credentials ({error}): run `gcloud auth "
+          "application-default login`", file=sys.stderr)
+    return EXIT_CONFIGURATION
+
+
+def _missing_credentials() -> type:
+  """google.auth's error for missing credentials, imported once something has failed."""
+  from google.auth import exceptions  # pylint: disable=import-outside-toplevel
+  return exceptions.DefaultCredentialsError
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 
@@ -179,6 +180,31 @@ def test_a_config_file_of_wrong_types_is_refused_before_any_work(tmp_path, capsy
   assert not (tmp_path / "out").exists()
 
 
+def test_arguments_of_serve_evaluate_and_replay_are_checked_before_any_work(tmp_path, capsys):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "rlops_model.json").write_text("{}")  # Only its presence is checked before serving.
+  workdir = tmp_path / "work"
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    for port in (taken.getsockname()[1], 70000):
+      assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model),
+                       "--port", str(port)]) == 2
+      assert f"cannot listen on 127.0.0.1:{port}" in _one_line_reason(capsys,
+                                                                      "configuration error")
+  assert cli.main(["evaluate", "--workdir", str(workdir), "--newer-share", "nan"]) == 2
+  assert "--newer-share must be in (0, 1)" in _one_line_reason(capsys, "configuration error")
+  assert cli.main(["evaluate", "--workdir", str(workdir)]) == 4
+  assert "no warehouse at" in _one_line_reason(capsys, "workdir error")
+  folder = tmp_path / "letters"
+  folder.mkdir()
+  assert cli.main(["replay-dead-letters", "--workdir", str(workdir), str(folder)]) == 2
+  assert "is not a dead-letter file" in _one_line_reason(capsys, "configuration error")
+  assert folder.is_dir()  # Not claimed (renamed).
+  assert sorted(os.listdir(tmp_path)) == ["letters", "model"]
+
+
 def test_a_model_of_another_shape_than_the_workdirs_is_not_served_into_it(tmp_path, capsys):
   model = tmp_path / "model"
   model.mkdir()
@@ -290,8 +316,10 @@ def test_lineage_of_the_model_a_vertex_endpoint_serves(tmp_path, capsys, monkeyp
   monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
   monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud-login"))
   monkeypatch.setenv("NO_GCE_CHECK", "True")  # Not on Google Cloud: no metadata server.
-  assert cli.main(["lineage", "--config", str(config)]) == 2
-  assert "gcloud auth application-default login" in _one_line_reason(capsys, "configuration error")
+  for command in (["lineage"], ["bigquery-init"]):
+    assert cli.main([*command, "--config", str(config)]) == 2
+    assert "gcloud auth application-default login" in _one_line_reason(capsys,
+                                                                       "configuration error")
 
 
 def test_version():

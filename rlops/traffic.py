@@ -3,7 +3,7 @@ exactly the returned movie goes back as feedback. The Simulator function's core,
 run by `rlops simulate` and the demo."""
 import json
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import absl.logging
 import httpx
@@ -107,7 +107,7 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
     raise ValueError("requests and instances_per_request must be positive")
   feedback = FeedbackSender(sink, feedback_batch, feedback_retry_seconds)
   claim = claims.Claim(undelivered_path) if undelivered_path else None
-  kept, unreadable = _rows_of(claim.lines if claim else [])
+  kept = _rows_of(claim.lines if claim else [])
   try:
     feedback.add(kept)
     summary = _simulate(endpoint_url, model, requests, feedback, instances_per_request, rate,
@@ -115,27 +115,39 @@ def run_simulation(endpoint_url: str, model: simulation.MovieLensModel, requests
   finally:
     left = feedback.pending + feedback.refused
     # The standard library's JSON: whatever a kept line held (NaN, a lone surrogate) goes back.
-    lines = unreadable + [json.dumps(row).encode() for row in left]
+    lines = [json.dumps(row).encode() for row in left]
     if claim:
-      claim.release(lines)
-    elif lines:
-      absl.logging.error("feedback not delivered, kept nowhere else: %s",
-                         b", ".join(lines).decode(errors="replace"))
+      try:
+        claim.release(lines)
+      except OSError as error:
+        _log_unkept(lines)
+        raise OSError(f"cannot keep the undelivered feedback in {undelivered_path} ({error}); "
+                      "its rows are in the log above") from error
+    else:
+      _log_unkept(lines)
   return {**summary, "feedback_delivered": feedback.delivered,
           "feedback_rejected": len(feedback.refused), "feedback_undelivered": len(lines),
           "feedback_undelivered_file": undelivered_path if lines else None,
           "feedback_delivery_failures": feedback.failures}
 
 
-def _rows_of(lines: List[bytes]) -> Tuple[List[Dict[str, Any]], List[bytes]]:
-  """(the feedback rows on `lines`, the lines that are not JSON, kept as they are)."""
-  rows, unreadable = [], []
+def _log_unkept(lines: List[bytes]) -> None:
+  if lines:
+    absl.logging.error("feedback not delivered, kept nowhere else: %s",
+                       b", ".join(lines).decode(errors="replace"))
+
+
+def _rows_of(lines: List[bytes]) -> List[Dict[str, Any]]:
+  """The feedback rows on kept `lines`. A line that is not JSON (torn by a crash or a full disk
+  as it was written; this module writes whole lines) cannot be sent: it is logged, and dropped."""
+  rows = []
   for line in lines:
     try:
       rows.append(log_sinks.decode_json(line))
-    except ValueError:
-      unreadable.append(line)
-  return rows, unreadable
+    except ValueError as error:
+      absl.logging.error("a kept feedback line that is not JSON (%s) is dropped: %r", error,
+                         line[:2000])
+  return rows
 
 
 def _simulate(endpoint_url: str, model: simulation.MovieLensModel, requests: int,

@@ -68,6 +68,8 @@ def test_rewards_that_could_not_be_delivered_are_kept_and_sent_first_by_the_next
                                   undelivered_path=kept)
     assert lost["errors"] == 0 and lost["feedback_undelivered"] == 6
     assert lost["feedback_undelivered_file"] == kept
+    with open(kept, "ab") as f:  # A line torn by a crash as it was written: it cannot be sent.
+      f.write(b'{"request_id": "torn", "event_ti')
     sent = traffic.run_simulation(url, model, 4, log_sinks.InProcessSink(path), seed=1,
                                   undelivered_path=kept)
     assert app.state.logger.flush(timeout=30.0)
