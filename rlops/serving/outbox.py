@@ -97,6 +97,7 @@ def _lock(file, outbox_path: str) -> None:
 def check_free(outbox_path: str) -> None:
   """Raises OSError if a server could not log to the outbox at `outbox_path`: it, or its offset
   file, cannot be opened for writing, or another process logs to it."""
+  os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
   with open(outbox_path, "ab") as f:
     _lock(f, outbox_path)
   os.close(os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644))

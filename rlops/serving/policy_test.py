@@ -63,12 +63,13 @@ def _edited(trained_model: str, directory: str, **changes) -> str:
      "not bound to checkpointed values"),  # Another agent's checkpoint.
     # NaN fails every comparison: each setting is checked for what it must be.
     ({"agent": {"exploration": "inverse_gap", "gamma_scale": float("nan")}}, ValueError,
-     "gamma_scale must be positive"),
+     "agent.gamma_scale must be a finite number, got nan"),
     ({"agent": {"exploration": "inverse_gap"}, "trained_records": float("nan")}, ValueError,
      "trained_records must be a finite non-negative number"),
-    ({"agent": {"tikhonov_weight": "0.001"}}, ValueError, "tikhonov_weight must be positive"),
+    ({"agent": {"tikhonov_weight": "0.001"}}, ValueError,
+     "agent.tikhonov_weight must be a finite number, got '0.001'"),
     ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": ["a"]}}, ValueError,
-     "hidden_units must be layer sizes"),
+     "agent.hidden_units must be a list of integers"),
     ({"agent": {"name": "neural_epsilon_greedy", "hidden_units": [10**30]}}, ValueError,
      "hidden_units must be layer sizes"),
     # A floor above 1 / K: the logged propensities would not be the policy's.
