@@ -4,6 +4,7 @@ import glob
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -375,8 +376,8 @@ def _exit_on_sigterm(signum, frame) -> None:  # pylint: disable=unused-argument
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
   config = config_from_args(args)
-  if args.requests < 1 or (args.rate is not None and args.rate <= 0):
-    raise ConfigError("--requests and --rate must be positive")
+  if args.requests < 1 or (args.rate is not None and not 0 < args.rate < math.inf):
+    raise ConfigError("--requests and --rate must be positive (--rate finite)")
   from rlops import simulation, traffic  # pylint: disable=import-outside-toplevel
   # Stopped (timeout, a container's stop): the rewards not yet sent are kept, as on Ctrl-C.
   signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -393,6 +394,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
   config = config_from_args(args)
+  if not args.output or os.path.isdir(args.output):
+    raise ConfigError(f"--output must name a JSON file, got {args.output!r}")
   from tfx_pipeline import vertex_runner  # pylint: disable=import-outside-toplevel
   modes = ("startup", "retrain") if args.mode == "both" else (args.mode,)
   for mode in modes:
@@ -640,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
   compile_.add_argument("mode", nargs="?", choices=("startup", "retrain", "both"),
                         default="both", help="which pipeline(s) (default: %(default)s)")
   compile_.add_argument("--output", required=True,
-                        help="pipeline JSON; with --mode both, -startup and -retrain are added")
+                        help="pipeline JSON; for both, -startup and -retrain are added to its name")
   options.add_config_arguments(compile_)
   options.add_gcp_arguments(compile_)
   compile_.set_defaults(handler=_cmd_compile)
@@ -738,6 +741,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   except KeyboardInterrupt:
     print("rlops: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED
+  except BrokenPipeError:  # Its reader stopped reading (`rlops lineage --json | head`).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit.
+    return 1
   except _missing_credentials() as error:
     print(f"rlops: configuration error: no Google Cloud credentials ({error}): run `gcloud auth "
           "application-default login`", file=sys.stderr)

@@ -193,6 +193,16 @@ def test_arguments_of_serve_evaluate_and_replay_are_checked_before_any_work(tmp_
                        "--port", str(port)]) == 2
       assert f"cannot listen on 127.0.0.1:{port}" in _one_line_reason(capsys,
                                                                       "configuration error")
+  assert cli.main(["simulate", "--workdir", str(workdir), "--url", "http://127.0.0.1:9/predict",
+                   "--rate", "nan"]) == 2
+  assert "--rate finite" in _one_line_reason(capsys, "configuration error")
+  config = model / "config.json"
+  config.write_text(Config(gcp=GcpConfig(
+      project="rlops-prod", region="us-central1", bucket="gs://rlops-prod-bucket",
+      dataset="rlops_logs", endpoint_name="rlops-endpoint", pipeline_image="r/pipeline:1",
+      serving_image="r/serving:1")).to_json())
+  assert cli.main(["compile", "--config", str(config), "--output", str(tmp_path)]) == 2
+  assert "--output must name a JSON file" in _one_line_reason(capsys, "configuration error")
   assert cli.main(["evaluate", "--workdir", str(workdir), "--newer-share", "nan"]) == 2
   assert "--newer-share must be in (0, 1)" in _one_line_reason(capsys, "configuration error")
   assert cli.main(["evaluate", "--workdir", str(workdir)]) == 4
