@@ -438,8 +438,9 @@ def create_app(model_uri: str, sink: log_sinks.LogSink, *, outbox_path: str,
 
   @app.get("/metrics", summary="The counters of /stats for Prometheus (text exposition format)")
   async def metrics() -> responses.Response:
+    # As a header: a text/ media type would get Starlette's charset a second time.
     return responses.Response(prometheus_client.generate_latest(registry),
-                              media_type=prometheus_client.CONTENT_TYPE_LATEST)
+                              headers={"content-type": prometheus_client.CONTENT_TYPE_LATEST})
 
   return app
 

@@ -5,6 +5,7 @@ import time
 
 import httpx
 import numpy as np
+import prometheus_client
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +50,7 @@ def test_predictions_are_logged_once_with_exact_propensities(tmp_path, serving, 
     metrics = client.get("/metrics")
   np.testing.assert_allclose(counts / counts.sum(), policy_probs[0], atol=0.03)
   # The same counters for Prometheus, in its text format.
-  assert metrics.headers["content-type"].startswith("text/plain")
+  assert metrics.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
   lines = [line for line in metrics.text.splitlines() if not line.startswith("#")]
   scraped = {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines)}
   assert scraped["rlops_predictions_total"] == scraped["rlops_logged_total"] == len(sent)
