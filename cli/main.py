@@ -11,12 +11,13 @@ import re
 import shutil
 import signal
 import sys
+import urllib.parse
 from typing import List, Optional
 
 from cli import options
 from cli.options import WorkdirError, config_from_args
 from rlops import movielens, noise, workdirs
-from rlops.config import LEARNING_LOOP_AGENT, Config, ConfigError
+from rlops.config import LEARNING_LOOP_AGENT, MAX_SEED, Config, ConfigError
 
 # Startup samples of the demo: few, so that the loop visibly learns from its own logs.
 COLD_START_SAMPLES = 300
@@ -251,6 +252,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _sink(args: argparse.Namespace, config: Config):
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   if args.logger_url:
+    _check_logger_url(args.logger_url)
     return log_sinks.CloudEventSink(args.logger_url)
   return log_sinks.InProcessSink(workdirs.LocalPaths(config.workdir).warehouse,
                                  log_sinks.RowLimits.of(config.environment))
@@ -298,6 +300,12 @@ def _check_outboxes(workdir: str, workers: int) -> None:
                          "until they are delivered")
 
 
+def _check_logger_url(url: str) -> None:
+  parsed = urllib.parse.urlsplit(url)
+  if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    raise ConfigError(f"--logger-url must be an http(s) URL of the Logger, got {url!r}")
+
+
 def _check_address(host: str, port: int) -> None:
   """Refuses an address the server could not listen on (taken, not this machine's, no port)."""
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
@@ -327,7 +335,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     newest = os.path.join(model_dir, version)
     print(f"serving {model_dir} (newest version {version}) at "
           f"http://{args.host}:{args.port}/predict", flush=True)
-  if not args.logger_url:
+  if args.logger_url:
+    _check_logger_url(args.logger_url)
+  else:
     _refuse_a_model_of_another_shape(newest, config)
   from rlops import log_sinks  # pylint: disable=import-outside-toplevel
   from rlops.serving import server  # pylint: disable=import-outside-toplevel
@@ -501,6 +511,9 @@ def _vertex_lineage(args: argparse.Namespace) -> List[dict]:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
+  if args.graph and (not args.graph.endswith(".png") or not os.path.isdir(
+      os.path.dirname(os.path.abspath(args.graph)))):
+    raise ConfigError(f"--graph must be a .png file in an existing folder, got {args.graph!r}")
   uses_vertex = args.config or args.gcp_config or any(
       getattr(args, name) for name in options.GCP_OPTIONS)
   chain = _vertex_lineage(args) if uses_vertex else _local_lineage(args)
@@ -534,10 +547,15 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
   if args.data_command == "generate":
+    if not 0 <= args.seed <= MAX_SEED:
+      raise ConfigError(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}")
     ratings = movielens.generate_ratings(seed=args.seed)
     output = pathlib.Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(ratings.to_udata())
+    try:
+      output.parent.mkdir(parents=True, exist_ok=True)
+      output.write_bytes(ratings.to_udata())
+    except OSError as error:
+      raise ConfigError(f"cannot write --output {args.output}: {error}") from error
     print(f"wrote {len(ratings)} ratings to {output}")
   elif args.data_command == "download":
     path = movielens.download_movielens(args.dest, url=args.url)

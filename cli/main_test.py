@@ -203,6 +203,16 @@ def test_arguments_of_serve_evaluate_and_replay_are_checked_before_any_work(tmp_
       serving_image="r/serving:1")).to_json())
   assert cli.main(["compile", "--config", str(config), "--output", str(tmp_path)]) == 2
   assert "--output must name a JSON file" in _one_line_reason(capsys, "configuration error")
+  assert cli.main(["serve", "--workdir", str(workdir), "--model", str(model),
+                   "--logger-url", "notaurl"]) == 2
+  assert "--logger-url must be an http(s) URL" in _one_line_reason(capsys, "configuration error")
+  assert cli.main(["lineage", "--workdir", str(workdir), "--graph", str(tmp_path / "g")]) == 2
+  assert "--graph must be a .png file" in _one_line_reason(capsys, "configuration error")
+  assert cli.main(["data", "generate", "--seed", "-1", "--output", str(model / "u.data")]) == 2
+  assert "--seed must be from 0" in _one_line_reason(capsys, "configuration error")
+  under_a_file = model / "rlops_model.json" / "u.data"
+  assert cli.main(["data", "generate", "--output", str(under_a_file)]) == 2
+  assert "cannot write --output" in _one_line_reason(capsys, "configuration error")
   assert cli.main(["evaluate", "--workdir", str(workdir), "--newer-share", "nan"]) == 2
   assert "--newer-share must be in (0, 1)" in _one_line_reason(capsys, "configuration error")
   assert cli.main(["evaluate", "--workdir", str(workdir)]) == 4
