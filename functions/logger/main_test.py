@@ -97,6 +97,22 @@ def test_rows_outside_the_models_limits_are_rejected_alone(tmp_path):
   assert store.count_rewarded() == 1
 
 
+def _delivered_to(url: str, outbox_path: str) -> outbox.OutboxLogger:
+  """The outbox found at `outbox_path`, delivered to the Logger served at `url`, then closed."""
+  logs = outbox.OutboxLogger(outbox_path, log_sinks.CloudEventSink(url), batch_seconds=0.01)
+  logs.start()
+  try:
+    assert logs.flush(timeout=60.0)
+  finally:
+    logs.close()
+  return logs
+
+
+def _stored_predictions(path: str):
+  with sqlite3.connect(path) as connection:
+    return sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
+
+
 def test_an_older_servers_outbox_line_is_forwarded_as_written_and_its_bad_row_refused_alone(
     tmp_path):
   """An outbox line of an older server, with an escaped lone surrogate (the standard library's
@@ -111,20 +127,12 @@ def test_an_older_servers_outbox_line_is_forwarded_as_written_and_its_bad_row_re
   log_path = str(tmp_path / "logger.log")
   with testing_utils.functions_framework(SOURCE, "log_records", {logger.WAREHOUSE_ENV: path},
                                          log_path=log_path) as url:
-    logs = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), log_sinks.CloudEventSink(url),
-                               batch_seconds=0.01)
-    logs.start()
-    try:
-      assert logs.flush(timeout=60.0)
-    finally:
-      logs.close()
+    logs = _delivered_to(url, str(tmp_path / "outbox.jsonl"))
   assert logs.failures == 0 and logs.dead_letters == 1
   with open(logs.dead_letter_path) as f:
     [dead] = [json.loads(line) for line in f]
   assert dead["row"] == rows[2] and "request_id is not valid Unicode" in dead["reason"]
-  with sqlite3.connect(path) as connection:
-    stored = sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
-  assert stored == ["req-0", "req-1", "req-3"]
+  assert _stored_predictions(path) == ["req-0", "req-1", "req-3"]
   with open(log_path) as f:
     assert "request_id is not valid Unicode" in f.read()
 
@@ -144,17 +152,9 @@ def test_a_message_that_is_not_one_is_refused_with_400_and_the_outbox_sets_its_l
     headers, body = log_sinks.pubsub_cloud_event(b"not json")
     response = httpx.post(url, headers=headers, json=body)
     assert response.status_code == 400 and "not a log message" in response.json()["error"]
-    logs = outbox.OutboxLogger(str(tmp_path / "outbox.jsonl"), log_sinks.CloudEventSink(url),
-                               batch_seconds=0.01)
-    logs.start()
-    try:
-      assert logs.flush(timeout=60.0)
-    finally:
-      logs.close()
+    logs = _delivered_to(url, str(tmp_path / "outbox.jsonl"))
   assert logs.failures == 0 and logs.dead_letters == 1
-  with sqlite3.connect(path) as connection:
-    stored = sorted(row[0] for row in connection.execute("SELECT request_id FROM predictions"))
-  assert stored == ["req-0", "req-2"]
+  assert _stored_predictions(path) == ["req-0", "req-2"]
 
 
 def test_a_message_in_the_standard_librarys_json_is_read_and_its_bad_rows_refused_alone(tmp_path):
