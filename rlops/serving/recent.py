@@ -78,9 +78,10 @@ class RecentPredictions:
     return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16,
                            key=self._secret).digest()
 
-  def _observation_hash(self, key: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8, key=self._secret).digest(),
-                          "little")
+  @staticmethod
+  def _observation_hash(key: bytes) -> int:
+    # Not keyed: it only tells observations apart, where no set is chosen (64 bits to match).
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
   def _ways(self, request_hash: bytes) -> np.ndarray:
     return self._sets[int.from_bytes(request_hash[:8], "little") % len(self._sets)]
