@@ -45,7 +45,7 @@ class Claim:
 
   def __init__(self, path: str):
     if os.path.exists(path) and not os.path.isfile(path):
-      raise IsADirectoryError(f"{path} is not a file of lines")
+      raise OSError(f"{path} is not a file of lines")
     self.path = path
     self._files: List[Tuple[str, object]] = []  # (name, the open file holding its lock)
     with locked(path):

@@ -426,12 +426,12 @@ def section_to_json(section: Any) -> str:
 
 
 def _section(cls: Type[Section], fields: Any) -> Section:
-  name = cls.__name__[:-len("Config")].lower()
+  section = cls.__name__[:-len("Config")].lower()
   if not isinstance(fields, dict):
-    raise ConfigError(f"{name} must be a JSON object, got {fields!r:.100}")
+    raise ConfigError(f"{section} must be a JSON object, got {fields!r:.100}")
   unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(cls)})
   if unknown:
-    raise ConfigError(f"unknown {name} setting(s): {', '.join(unknown)}")
+    raise ConfigError(f"unknown {section} setting(s): {', '.join(unknown)}")
   # JSON has no tuples: the sections' sequence fields are all tuples.
   return cls(**{name: tuple(value) if isinstance(value, list) else value
                 for name, value in fields.items()})
