@@ -166,36 +166,34 @@ class AgentConfig:
     check_types(self)
     if self.name not in AGENT_NAMES:
       raise ConfigError(f"unknown agent {self.name!r}; choose one of {', '.join(AGENT_NAMES)}")
-    # Each check accepts what it should rather than refuse what it should not: NaN, which
-    # fails every comparison, and non-numbers from a model's metadata are refused too.
-    if self.alpha is not None and not (_finite(self.alpha) and self.alpha >= 0):
+    # Numbers are finite (`check_types`): NaN, which fails every comparison, is refused there.
+    if self.alpha is not None and self.alpha < 0:
       raise ConfigError(f"alpha must be non-negative, got {self.alpha}")
-    if not (_finite(self.tikhonov_weight) and self.tikhonov_weight > 0):
+    if self.tikhonov_weight <= 0:
       raise ConfigError(f"tikhonov_weight must be positive, got {self.tikhonov_weight}")
-    if not (_finite(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
+    if not 0.0 <= self.epsilon <= 1.0:
       raise ConfigError(f"epsilon must be in [0, 1], got {self.epsilon}")
-    if not (isinstance(self.hidden_units, (tuple, list)) and self.hidden_units and all(
-        type(units) is int and 1 <= units <= MAX_HIDDEN_UNITS for units in self.hidden_units)):
+    if not self.hidden_units or not all(1 <= units <= MAX_HIDDEN_UNITS
+                                        for units in self.hidden_units):
       raise ConfigError(f"hidden_units must be layer sizes from 1 to {MAX_HIDDEN_UNITS}, got "
                         f"{self.hidden_units!r:.100}")
-    if not (_finite(self.learning_rate) and self.learning_rate > 0):
+    if self.learning_rate <= 0:
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
     if self.exploration not in EXPLORATION_RULES:
       raise ConfigError(f"unknown exploration rule {self.exploration!r}; choose one of "
                         f"{', '.join(EXPLORATION_RULES)}")
-    if not (_finite(self.gamma_scale) and self.gamma_scale > 0):
+    if self.gamma_scale <= 0:
       raise ConfigError(f"gamma_scale must be positive, got {self.gamma_scale}")
-    if not (_finite(self.optimism) and self.optimism >= 0):
+    if self.optimism < 0:
       raise ConfigError(f"optimism must be non-negative, got {self.optimism}")
     if self.optimism and not (self.is_linear and self.exploration == "inverse_gap"):
       raise ConfigError("optimism needs a linear agent (linucb, lints) and the inverse_gap "
                         f"rule, got {self.name} with {self.exploration}")
-    if not (_finite(self.propensity_floor) and 0.0 <= self.propensity_floor < 1.0):
+    if not 0.0 <= self.propensity_floor < 1.0:
       raise ConfigError(f"propensity_floor must be in [0, 1), got {self.propensity_floor}")
-    if not (_finite(self.forgetting) and 0.0 < self.forgetting <= 1.0):
+    if not 0.0 < self.forgetting <= 1.0:
       raise ConfigError(f"forgetting must be in (0, 1], got {self.forgetting}")
-    if self.drift_shortfall is not None and not (_finite(self.drift_shortfall)
-                                                 and self.drift_shortfall > 0):
+    if self.drift_shortfall is not None and self.drift_shortfall <= 0:
       raise ConfigError(f"drift_shortfall must be positive, got {self.drift_shortfall}")
 
   def validate_for(self, environment: EnvironmentConfig) -> None:

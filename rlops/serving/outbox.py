@@ -84,23 +84,34 @@ class OutboxInUse(OSError):
   rows as their own."""
 
 
-def _lock(file, outbox_path: str) -> None:
-  """Takes the outbox open as `file` for this process alone, until the file is closed or the
-  process dies (however it dies)."""
+def _open_locked(outbox_path: str):
+  """The outbox opened for appending, unbuffered (each append one write to the OS, undone if it
+  fails part-way), and locked for this process alone until it is closed or the process dies
+  (however it dies); its folder is made if need be.
+
+  Raises:
+    OutboxInUse: Another process holds it.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
+  file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (returned open)
   try:
     fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
+    file.close()
     raise OutboxInUse(f"{outbox_path} is in use by another server process; stop it first "
                       "(one server per outbox)") from None
+  return file
+
+
+def _open_offset(outbox_path: str) -> int:
+  return os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def check_free(outbox_path: str) -> None:
   """Raises OSError if a server could not log to the outbox at `outbox_path`: it, or its offset
   file, cannot be opened for writing, or another process logs to it."""
-  os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
-  with open(outbox_path, "ab") as f:
-    _lock(f, outbox_path)
-  os.close(os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644))
+  _open_locked(outbox_path).close()
+  os.close(_open_offset(outbox_path))
 
 
 def _count_lines(path: str) -> int:
@@ -142,15 +153,8 @@ class OutboxLogger:
     self._cond = threading.Condition()
     self._closing = False
     self._drain_deadline = math.inf
-    os.makedirs(os.path.dirname(os.path.abspath(outbox_path)), exist_ok=True)
-    # Unbuffered: each append is one write to the OS, undone if it fails part-way.
-    self._file = open(outbox_path, "ab", buffering=0)  # noqa: SIM115 (lives with the logger)
-    try:
-      _lock(self._file, outbox_path)
-    except OSError:
-      self._file.close()
-      raise
-    self._offset_fd = os.open(outbox_path + ".offset", os.O_RDWR | os.O_CREAT, 0o644)
+    self._file = _open_locked(outbox_path)
+    self._offset_fd = _open_offset(outbox_path)
     self._end, self._offset, self._written = self._recover()
     # The lines from here on are this process's: orjson's JSON, delivered without a parse.
     self._own_from = self._end

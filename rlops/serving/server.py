@@ -46,9 +46,13 @@ def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.s
   # Nagle and delayed ACKs add 40 ms per response).
   sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
   sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-  if reuse_port:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-  sock.bind((host, port))
+  try:
+    if reuse_port:
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+  except BaseException:
+    sock.close()
+    raise
   return sock
 
 
